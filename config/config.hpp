@@ -157,9 +157,9 @@ struct RestartFault {
     Duration downtime{0};
 };
 
-using FaultSpec = std::variant<ResetFault, CloseFault, StallFault, LatencyFault, BandwidthFault,
-                               SliceFault, ClampFault, CapFault, RefuseFault, IdleFault,
-                               RestartFault>;
+using FaultSpec =
+    std::variant<ResetFault, CloseFault, StallFault, LatencyFault, BandwidthFault, SliceFault,
+                 ClampFault, CapFault, RefuseFault, IdleFault, RestartFault>;
 
 // The YAML name of a fault ("reset", "close", ...), as used in metric labels.
 const char* fault_name(const FaultSpec& f);

@@ -52,10 +52,14 @@ std::string Cidr::str() const {
 
 bool ConnectionsMatch::matches(uint64_t ordinal) const {
     switch (kind) {
-        case Kind::any: return true;
-        case Kind::every: return n > 0 && ordinal % n == 0;
-        case Kind::nth: return ordinal == n;
-        case Kind::first: return ordinal <= n;
+        case Kind::any:
+            return true;
+        case Kind::every:
+            return n > 0 && ordinal % n == 0;
+        case Kind::nth:
+            return ordinal == n;
+        case Kind::first:
+            return ordinal <= n;
     }
     return true;
 }
@@ -67,9 +71,8 @@ bool Schedule::active_at(Duration since_start) const {
 }
 
 const char* fault_name(const FaultSpec& f) {
-    static const char* const names[] = {"reset",  "close", "stall",  "latency",
-                                        "bandwidth", "slice", "clamp", "cap",
-                                        "refuse", "idle",  "restart"};
+    static const char* const names[] = {"reset", "close", "stall",  "latency", "bandwidth", "slice",
+                                        "clamp", "cap",   "refuse", "idle",    "restart"};
     static_assert(std::variant_size_v<FaultSpec> == sizeof(names) / sizeof(names[0]));
     return names[f.index()];
 }

@@ -14,10 +14,14 @@ config::LogFormat g_format = config::LogFormat::text;
 
 const char* level_name(config::LogLevel l) {
     switch (l) {
-        case config::LogLevel::error: return "error";
-        case config::LogLevel::warn: return "warn";
-        case config::LogLevel::info: return "info";
-        case config::LogLevel::debug: return "debug";
+        case config::LogLevel::error:
+            return "error";
+        case config::LogLevel::warn:
+            return "warn";
+        case config::LogLevel::info:
+            return "info";
+        case config::LogLevel::debug:
+            return "debug";
     }
     return "info";
 }
@@ -53,18 +57,30 @@ void configure(config::LogLevel level, config::LogFormat format) {
     g_format = format;
 }
 
-bool enabled(config::LogLevel level) { return static_cast<int>(level) <= static_cast<int>(g_level); }
+bool enabled(config::LogLevel level) {
+    return static_cast<int>(level) <= static_cast<int>(g_level);
+}
 
 std::string json_escape(std::string_view s) {
     std::string out;
     out.reserve(s.size() + 8);
     for (unsigned char c : s) {
         switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
+            case '"':
+                out += "\\\"";
+                break;
+            case '\\':
+                out += "\\\\";
+                break;
+            case '\n':
+                out += "\\n";
+                break;
+            case '\r':
+                out += "\\r";
+                break;
+            case '\t':
+                out += "\\t";
+                break;
             default:
                 if (c < 0x20 || c == 0x7f) {
                     char buf[8];

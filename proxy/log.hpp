@@ -21,8 +21,8 @@ struct Field {
     Field(std::string_view k, const char* v) : key(k), value(v) {}
     Field(std::string_view k, const std::string& v) : key(k), value(v) {}
     template <typename N>
-        requires std::is_arithmetic_v<N>
-    Field(std::string_view k, N n) : key(k), value(std::to_string(n)), quoted(false) {}
+    requires std::is_arithmetic_v<N> Field(std::string_view k, N n)
+        : key(k), value(std::to_string(n)), quoted(false) {}
 };
 
 void configure(config::LogLevel level, config::LogFormat format);

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The single list of packages tcpfault needs, used by the README, CI and the Dockerfile.
+#   install-deps.sh build   compiler and libraries
+#   install-deps.sh test    build + what the test suites run against
+#   install-deps.sh bench   build + the peers the benchmark compares with
+#   install-deps.sh runtime only the shared libraries the binary loads
+set -euo pipefail
+what="${1:-test}"
+
+runtime=(libuv1 libyaml-cpp0.7)
+build=(build-essential cmake ninja-build pkg-config libuv1-dev libyaml-cpp-dev prometheus-cpp-dev doctest-dev)
+test=(python3 python3-pytest python3-pytest-timeout iproute2 procps)
+bench=(iperf3 socat haproxy)
+
+case "$what" in
+  runtime) pkgs=("${runtime[@]}") ;;
+  build) pkgs=("${build[@]}") ;;
+  test) pkgs=("${build[@]}" "${test[@]}") ;;
+  bench) pkgs=("${build[@]}" "${bench[@]}") ;;
+  *) echo "usage: $0 build|test|bench|runtime" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#pkgs[@]} packages for '$what' present"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "install-deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,276 @@
+#include "proxy/app.hpp"
+
+#include <csignal>
+#include <map>
+
+#include "proxy/log.hpp"
+#include "proxy/uv_util.hpp"
+
+namespace tcpfault {
+
+namespace {
+std::string join_errors(const std::vector<config::Diagnostic>& errors) {
+    std::string out;
+    for (const auto& d : errors) {
+        if (!out.empty()) out += "; ";
+        out += d.str();
+    }
+    return out;
+}
+
+bool same_listen(const config::Proxy& a, const config::Proxy& b) {
+    return a.listen.host == b.listen.host && a.listen.port == b.listen.port;
+}
+}  // namespace
+
+App::App(Options opts) : opts_(std::move(opts)) {
+    uv_loop_init(&loop_);
+}
+
+App::~App() {
+    // Every handle was closed by run(); this only releases the loop's own resources.
+    uv_loop_close(&loop_);
+}
+
+config::LoadResult App::load() {
+    config::LoadResult r;
+    if (opts_.listen)
+        r = config::load_string(quick_proxy_yaml(*opts_.listen, *opts_.upstream), "command line");
+    else
+        r = config::load_file(opts_.config_path);
+    if (r.config) apply_overrides(*r.config);
+    return r;
+}
+
+void App::apply_overrides(config::Config& cfg) const {
+    if (opts_.log_level) cfg.log.level = *opts_.log_level;
+    if (opts_.log_format) cfg.log.format = *opts_.log_format;
+    if (opts_.admin) {
+        if (*opts_.admin == "off") {
+            cfg.admin.enabled = false;
+        } else {
+            cfg.admin.enabled = true;
+            // Validated in run() before we get here.
+            auto pos = opts_.admin->rfind(':');
+            cfg.admin.listen.host = opts_.admin->substr(0, pos);
+            if (cfg.admin.listen.host.size() > 1 && cfg.admin.listen.host.front() == '[')
+                cfg.admin.listen.host =
+                    cfg.admin.listen.host.substr(1, cfg.admin.listen.host.size() - 2);
+            cfg.admin.listen.port = static_cast<uint16_t>(std::stoi(opts_.admin->substr(pos + 1)));
+        }
+    }
+}
+
+int App::run() {
+    if (opts_.admin && *opts_.admin != "off") {
+        auto pos = opts_.admin->rfind(':');
+        bool ok = pos != std::string::npos && pos + 1 < opts_.admin->size() &&
+                  opts_.admin->find_first_not_of("0123456789", pos + 1) == std::string::npos &&
+                  opts_.admin->size() - pos - 1 <= 5 &&
+                  std::stoi(opts_.admin->substr(pos + 1)) <= 65535;
+        if (!ok) {
+            log::error("invalid --admin address (expected HOST:PORT or off)",
+                       {{"value", *opts_.admin}});
+            return 2;
+        }
+    }
+    config::LoadResult r = load();
+    if (!r.config) {
+        for (const auto& d : r.errors) log::error("config error", {{"error", d.str()}});
+        return 2;
+    }
+    cfg_ = std::move(*r.config);
+    log::configure(cfg_.log.level, cfg_.log.format);
+    if (cfg_.admin.enabled)
+        log::warn("admin HTTP API is not implemented yet; admin.listen is ignored",
+                  {{"addr", cfg_.admin.listen.str()}});
+    if (cfg_.workers != 1)
+        log::warn("only one worker thread is implemented yet; workers is ignored",
+                  {{"workers", cfg_.workers}});
+
+    uv_signal_init(&loop_, &sigterm_);
+    uv_signal_init(&loop_, &sigint_);
+    uv_signal_init(&loop_, &sighup_);
+    sigterm_.data = sigint_.data = sighup_.data = this;
+    uv_signal_start(&sigterm_, on_signal, SIGTERM);
+    uv_signal_start(&sigint_, on_signal, SIGINT);
+    uv_signal_start(&sighup_, on_signal, SIGHUP);
+    uv_timer_init(&loop_, &grace_timer_);
+    uv_timer_init(&loop_, &reap_timer_);
+    grace_timer_.data = reap_timer_.data = this;
+    // A peer that vanishes mid-write must give us EPIPE, not kill the process.
+    signal(SIGPIPE, SIG_IGN);
+
+    std::string err = apply(cfg_);
+    int exit_code = 0;
+    if (!err.empty()) {
+        log::error("cannot start", {{"error", err}});
+        exit_code = 1;
+        begin_shutdown("startup failed");
+    } else {
+        log::info("started", {{"version", TCPFAULT_VERSION}, {"proxies", servers_.size()}});
+    }
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    if (exit_code == 0) log::info("stopped");
+    return exit_code;
+}
+
+std::string App::apply(const config::Config& cfg) {
+    std::map<std::string, ProxyServer*> running;
+    for (auto& s : servers_) running[s->name()] = s.get();
+
+    // Phase 1: bind every listener the new config needs, touching nothing that runs.
+    std::vector<std::unique_ptr<ProxyServer>> fresh;
+    std::string error;
+    for (const auto& p : cfg.proxies) {
+        auto it = running.find(p.name);
+        if (it != running.end() && same_listen(it->second->config(), p)) continue;
+        auto server = std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p));
+        int e = server->listen();
+        if (e != 0) {
+            error = "proxy " + p.name + ": cannot listen on " + p.listen.str() + ": " +
+                    uv_error_string(e);
+            retiring_.push_back(std::move(server));
+            break;
+        }
+        fresh.push_back(std::move(server));
+    }
+    if (!error.empty()) {
+        for (auto& s : fresh) {
+            s->stop_accepting();
+            retiring_.push_back(std::move(s));
+        }
+        schedule_reap();
+        return error;
+    }
+
+    // Phase 2: swap. Unchanged listeners keep their open sessions and get the new config.
+    std::vector<std::unique_ptr<ProxyServer>> next;
+    for (const auto& p : cfg.proxies) {
+        auto it = running.find(p.name);
+        if (it != running.end() && same_listen(it->second->config(), p)) {
+            for (auto& s : servers_) {
+                if (s.get() == it->second) {
+                    s->update_config(std::make_shared<config::Proxy>(p));
+                    next.push_back(std::move(s));
+                    break;
+                }
+            }
+            continue;
+        }
+        for (auto& s : fresh) {
+            if (s && s->name() == p.name) {
+                next.push_back(std::move(s));
+                break;
+            }
+        }
+    }
+    for (auto& s : servers_) {
+        if (!s) continue;
+        // Removed or re-bound: stop accepting; its open connections finish on their own.
+        s->stop_accepting();
+        retiring_.push_back(std::move(s));
+    }
+    servers_ = std::move(next);
+    for (auto& s : servers_) s->set_on_idle([this] { schedule_reap(); });
+    for (auto& s : retiring_) s->set_on_idle([this] { schedule_reap(); });
+    schedule_reap();
+    return "";
+}
+
+void App::reload() {
+    if (stopping_) return;
+    if (opts_.listen) {
+        log::warn("reload ignored: running without a config file");
+        return;
+    }
+    config::LoadResult r = load();
+    if (!r.config) {
+        log::error("reload failed",
+                   {{"file", opts_.config_path}, {"error", join_errors(r.errors)}});
+        return;
+    }
+    std::string err = apply(*r.config);
+    if (!err.empty()) {
+        log::error("reload failed", {{"file", opts_.config_path}, {"error", err}});
+        return;
+    }
+    cfg_ = std::move(*r.config);
+    log::configure(cfg_.log.level, cfg_.log.format);
+    log::info("reloaded", {{"file", opts_.config_path}, {"proxies", servers_.size()}});
+}
+
+void App::on_signal(uv_signal_t* h, int signum) {
+    auto* self = static_cast<App*>(h->data);
+    if (signum == SIGHUP) {
+        self->reload();
+        return;
+    }
+    if (self->stopping_) {
+        // A second SIGINT/SIGTERM: do not wait out the grace period.
+        log::warn("second stop signal: closing connections now");
+        for (auto& s : self->servers_) s->abort_sessions(false);
+        for (auto& s : self->retiring_) s->abort_sessions(false);
+        return;
+    }
+    self->begin_shutdown(signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+void App::begin_shutdown(const char* why) {
+    if (stopping_) return;
+    stopping_ = true;
+    size_t open = 0;
+    for (auto& s : servers_) {
+        s->stop_accepting();
+        open += s->active();
+        retiring_.push_back(std::move(s));
+    }
+    servers_.clear();
+    for (auto& s : retiring_) s->set_on_idle([this] { schedule_reap(); });
+    log::info("shutting down", {{"reason", why},
+                                {"open_connections", open},
+                                {"grace_ms", cfg_.shutdown_grace.count() / 1000}});
+    uint64_t ms = static_cast<uint64_t>(cfg_.shutdown_grace.count() / 1000);
+    uv_timer_start(&grace_timer_, on_grace_timeout, ms, 0);
+    schedule_reap();
+}
+
+void App::on_grace_timeout(uv_timer_t* t) {
+    auto* self = static_cast<App*>(t->data);
+    size_t open = 0;
+    for (auto& s : self->retiring_) {
+        open += s->active();
+        s->abort_sessions(false);
+    }
+    if (open > 0) log::warn("grace period over: closing connections", {{"open_connections", open}});
+}
+
+void App::schedule_reap() {
+    if (handles_closed_) return;
+    uv_timer_start(&reap_timer_, on_reap, 0, 0);
+}
+
+// Deferred to its own callback so a ProxyServer is never freed while its own code is on the stack.
+void App::on_reap(uv_timer_t* t) {
+    auto* self = static_cast<App*>(t->data);
+    std::erase_if(self->retiring_, [](const auto& s) { return s->finished(); });
+    self->check_shutdown_done();
+}
+
+void App::check_shutdown_done() {
+    if (!stopping_ || !retiring_.empty() || !servers_.empty()) return;
+    close_process_handles();
+}
+
+void App::close_process_handles() {
+    if (handles_closed_) return;
+    handles_closed_ = true;
+    for (uv_handle_t* h :
+         {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
+          reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&grace_timer_),
+          reinterpret_cast<uv_handle_t*>(&reap_timer_)}) {
+        uv_close(h, nullptr);  // embedded in App, which outlives uv_run
+    }
+}
+
+}  // namespace tcpfault

@@ -1,0 +1,55 @@
+// The process: one event loop, the running proxies, signals, reload and graceful stop.
+#pragma once
+
+#include <uv.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.hpp"
+#include "proxy/cli.hpp"
+#include "proxy/proxy_server.hpp"
+
+namespace tcpfault {
+
+class App {
+  public:
+    explicit App(Options opts);
+    ~App();
+    App(const App&) = delete;
+    App& operator=(const App&) = delete;
+
+    // Loads the config, binds every proxy and runs until stopped. Returns the exit code.
+    int run();
+
+  private:
+    config::LoadResult load();
+    void apply_overrides(config::Config& cfg) const;
+    // Makes the running set of proxies match `cfg`. New listeners are bound before anything
+    // running is touched, so a failure leaves the old set intact. Returns "" or the error.
+    std::string apply(const config::Config& cfg);
+    void reload();
+    void begin_shutdown(const char* why);
+    void check_shutdown_done();
+    void schedule_reap();
+    void close_process_handles();
+
+    static void on_signal(uv_signal_t* h, int signum);
+    static void on_grace_timeout(uv_timer_t* t);
+    static void on_reap(uv_timer_t* t);
+
+    Options opts_;
+    uv_loop_t loop_{};
+    config::Config cfg_;
+    std::vector<std::unique_ptr<ProxyServer>> servers_;
+    // Proxies removed or re-bound by a reload, finishing their open sessions.
+    std::vector<std::unique_ptr<ProxyServer>> retiring_;
+    uv_signal_t sigterm_{}, sigint_{}, sighup_{};
+    uv_timer_t grace_timer_{};
+    uv_timer_t reap_timer_{};
+    bool stopping_ = false;
+    bool handles_closed_ = false;
+};
+
+}  // namespace tcpfault

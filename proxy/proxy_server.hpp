@@ -1,0 +1,78 @@
+// One configured proxy at run time: its listening socket, its open sessions and its counters.
+// The config snapshot is shared with sessions, so a reload swaps it for new connections while
+// open ones keep the one they started with.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "config/config.hpp"
+#include "proxy/session.hpp"
+
+namespace tcpfault {
+
+struct ProxyCounters {
+    uint64_t connections = 0;  // accepted
+    uint64_t connected = 0;    // upstream connect succeeded
+    uint64_t bytes_up = 0;
+    uint64_t bytes_down = 0;
+    std::unordered_map<std::string, uint64_t> rejected;         // by reason
+    std::unordered_map<std::string, uint64_t> upstream_errors;  // by kind
+};
+
+class ProxyServer {
+  public:
+    ProxyServer(uv_loop_t* loop, std::shared_ptr<const config::Proxy> cfg);
+    ~ProxyServer();
+    ProxyServer(const ProxyServer&) = delete;
+    ProxyServer& operator=(const ProxyServer&) = delete;
+
+    // Binds and listens; returns 0 or a libuv error. Logs the real address on success.
+    int listen();
+    void stop_accepting();
+    // Closes every open session (plain close, or RST with `with_reset`).
+    void abort_sessions(bool with_reset);
+    // Replaces the config used for new connections (same listen address).
+    void update_config(std::shared_ptr<const config::Proxy> cfg) { cfg_ = std::move(cfg); }
+
+    const config::Proxy& config() const { return *cfg_; }
+    const std::string& name() const { return cfg_->name; }
+    uv_loop_t* loop() const { return loop_; }
+    std::string listen_addr() const { return listen_addr_; }
+    size_t active() const { return sessions_.size(); }
+    // True once the listener is closed and no session remains: safe to destroy.
+    bool finished() const { return !listener_open_ && sessions_.empty(); }
+    const ProxyCounters& counters() const { return counters_; }
+
+    // Called whenever a session ends or the listener closes, so the owner can reap.
+    void set_on_idle(std::function<void()> cb) { on_idle_ = std::move(cb); }
+
+    // Session callbacks.
+    void session_finished(uint64_t id);
+    void count_bytes(config::Direction dir, size_t n);
+    void count_connected() { ++counters_.connected; }
+    void count_rejected(const std::string& reason) { ++counters_.rejected[reason]; }
+    void count_upstream_error(const std::string& kind) { ++counters_.upstream_errors[kind]; }
+
+  private:
+    static void on_connection(uv_stream_t* listener, int status);
+    static void on_listener_closed(uv_handle_t* h);
+
+    uv_loop_t* loop_;
+    std::shared_ptr<const config::Proxy> cfg_;
+    uv_tcp_t listener_{};
+    bool listener_open_ = false;
+    bool listener_closing_ = false;
+    std::string listen_addr_;
+    uint64_t next_id_ = 1;
+    std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
+    ProxyCounters counters_;
+    std::function<void()> on_idle_;
+};
+
+}  // namespace tcpfault

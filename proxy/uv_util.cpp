@@ -1,0 +1,74 @@
+#include "proxy/uv_util.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <cstring>
+
+namespace tcpfault {
+
+std::string uv_error_string(int err) {
+    return std::string(uv_err_name(err)) + " (" + uv_strerror(err) + ")";
+}
+
+std::string format_addr(const sockaddr* sa) {
+    char host[INET6_ADDRSTRLEN] = {};
+    if (sa->sa_family == AF_INET) {
+        auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+    }
+    if (sa->sa_family == AF_INET6) {
+        auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        return "[" + std::string(host) + "]:" + std::to_string(ntohs(in6->sin6_port));
+    }
+    return "?";
+}
+
+std::string peer_name(const uv_tcp_t* tcp) {
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(tcp, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+    return format_addr(reinterpret_cast<sockaddr*>(&ss));
+}
+
+std::string sock_name(const uv_tcp_t* tcp) {
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    if (uv_tcp_getsockname(tcp, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+    return format_addr(reinterpret_cast<sockaddr*>(&ss));
+}
+
+uint16_t sock_port(const uv_tcp_t* tcp) {
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    if (uv_tcp_getsockname(tcp, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return 0;
+    if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+    if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+    return 0;
+}
+
+bool numeric_addr(const config::HostPort& hp, sockaddr_storage* out) {
+    std::memset(out, 0, sizeof *out);
+    if (uv_ip4_addr(hp.host.c_str(), hp.port, reinterpret_cast<sockaddr_in*>(out)) == 0)
+        return true;
+    if (uv_ip6_addr(hp.host.c_str(), hp.port, reinterpret_cast<sockaddr_in6*>(out)) == 0)
+        return true;
+    return false;
+}
+
+int tcp_fd(const uv_tcp_t* tcp) {
+    uv_os_fd_t fd = -1;
+    if (uv_fileno(reinterpret_cast<const uv_handle_t*>(tcp), &fd) != 0) return -1;
+    return fd;
+}
+
+void set_linger_zero(uv_tcp_t* tcp) {
+    int fd = tcp_fd(tcp);
+    if (fd < 0) return;
+    linger l{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+}  // namespace tcpfault
