@@ -1,0 +1,121 @@
+#include "faults/trigger.hpp"
+
+#include <algorithm>
+
+namespace tcpfault::faults {
+
+LiteralMatcher::LiteralMatcher(std::string needle) : needle_(std::move(needle)) {
+    fail_.assign(needle_.size(), 0);
+    for (size_t i = 1, k = 0; i < needle_.size(); ++i) {
+        while (k > 0 && needle_[i] != needle_[k]) k = fail_[k - 1];
+        if (needle_[i] == needle_[k]) ++k;
+        fail_[i] = k;
+    }
+}
+
+size_t LiteralMatcher::feed(const char* data, size_t len) {
+    if (needle_.empty()) return 0;
+    for (size_t i = 0; i < len; ++i) {
+        while (state_ > 0 && data[i] != needle_[state_]) state_ = fail_[state_ - 1];
+        if (data[i] == needle_[state_]) ++state_;
+        if (state_ == needle_.size()) {
+            state_ = fail_[state_ - 1];
+            return i + 1;
+        }
+    }
+    return Trigger::npos;
+}
+
+size_t LineMatcher::feed(const char* data, size_t len) {
+    for (size_t i = 0; i < len; ++i) {
+        char c = data[i];
+        if (c != '\n') {
+            if (line_.size() < kMaxLine)
+                line_.push_back(c);
+            else
+                overflow_ = true;
+            continue;
+        }
+        std::string_view line(line_);
+        if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+        bool hit = std::regex_search(line.begin(), line.end(), *re_);
+        line_.clear();
+        overflow_ = false;
+        if (hit) return i + 1;
+    }
+    return Trigger::npos;
+}
+
+Trigger::Trigger(const config::When* when) {
+    if (when == nullptr) return;
+    dir_ = when->direction;
+    if (when->data) literal_.emplace(*when->data);
+    if (when->line && when->line_re) line_.emplace(when->line_re);
+    after_bytes_ = when->after_bytes;
+    if (when->after) {
+        has_after_ = true;
+        after_ = *when->after;
+    }
+    reads_bytes_ = literal_ || line_ || after_bytes_;
+    phase_ = (literal_ || line_) ? Phase::matching : Phase::counting;
+}
+
+bool Trigger::counting_done() const {
+    return time_ok_ && (!after_bytes_ || counted_ >= *after_bytes_);
+}
+
+bool Trigger::start() {
+    if (phase_ == Phase::counting && has_after_ && after_.count() > 0) {
+        time_ok_ = false;
+        want_timer_ = true;
+    }
+    if (phase_ == Phase::counting && counting_done()) {
+        phase_ = Phase::fired;
+        return true;
+    }
+    return false;
+}
+
+Trigger::Step Trigger::feed(const char* data, size_t len) {
+    size_t pos = 0;
+    if (phase_ == Phase::matching) {
+        size_t end = literal_ ? literal_->feed(data, len) : line_->feed(data, len);
+        if (end == npos) return {len, false, false};
+        pos = end;
+        phase_ = Phase::counting;
+        if (has_after_ && after_.count() > 0) {
+            time_ok_ = false;
+            want_timer_ = true;
+        }
+    }
+    if (phase_ != Phase::counting) return {len, false, false};
+    size_t rest = len - pos;
+    if (after_bytes_) {
+        uint64_t need = *after_bytes_ > counted_ ? *after_bytes_ - counted_ : 0;
+        if (need > rest) {
+            counted_ += rest;
+            return {len, false, false};
+        }
+        counted_ += need;
+        pos += static_cast<size_t>(need);
+    }
+    if (time_ok_) {
+        phase_ = Phase::fired;
+        return {pos, true, false};
+    }
+    // Only the time condition is missing: hold at the byte threshold if there is one.
+    if (after_bytes_) return {pos, false, true};
+    counted_ += len - pos;
+    return {len, false, false};
+}
+
+bool Trigger::time_reached() {
+    time_ok_ = true;
+    if (phase_ == Phase::counting && counting_done()) {
+        phase_ = Phase::fired;
+        return true;
+    }
+    return false;
+}
+
+}  // namespace tcpfault::faults

@@ -1,0 +1,100 @@
+// A rule's `when` on one connection: tells the pipe how many bytes of a chunk may pass before
+// the fault fires, so `after_bytes` is byte-exact even when the threshold falls inside a read.
+//
+// Conditions combine as SPEC section 3 says: `data` or `line` is "the match"; `after_bytes`
+// and `after` count from the match (or from the start without one). The fault fires at the
+// first moment every given condition holds. The bytes that complete a match are forwarded
+// before the fault acts. When the byte threshold is reached before the time condition, the
+// watched stream is held exactly at the threshold until the time passes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "config/config.hpp"
+
+namespace tcpfault::faults {
+
+// Streaming literal search (KMP): finds `needle` even when split across any chunking.
+class LiteralMatcher {
+  public:
+    explicit LiteralMatcher(std::string needle);
+    // Offset just past the first match completed in [data, data+len), or npos.
+    size_t feed(const char* data, size_t len);
+
+  private:
+    std::string needle_;
+    std::vector<size_t> fail_;
+    size_t state_ = 0;
+};
+
+// Tests an ECMAScript regex on each line ("\n"-terminated, trailing "\r\n" stripped).
+class LineMatcher {
+  public:
+    static constexpr size_t kMaxLine = 64 * 1024;  // longer lines are matched on their prefix
+    explicit LineMatcher(std::shared_ptr<const std::regex> re) : re_(std::move(re)) {}
+    // Offset just past the first matching line's "\n" in [data, data+len), or npos.
+    size_t feed(const char* data, size_t len);
+
+  private:
+    std::shared_ptr<const std::regex> re_;
+    std::string line_;
+    bool overflow_ = false;
+};
+
+class Trigger {
+  public:
+    static constexpr size_t npos = static_cast<size_t>(-1);
+
+    // `when` may be null: fires at once (at accept).
+    explicit Trigger(const config::When* when);
+
+    enum class Phase { matching, counting, fired };
+    Phase phase() const { return phase_; }
+    bool fired() const { return phase_ == Phase::fired; }
+    config::Direction direction() const { return dir_; }
+    bool watches(config::Direction d) const {
+        return phase_ != Phase::fired && dir_ == d && reads_bytes_;
+    }
+
+    // True when the time condition (if any) starts counting now; the caller arms a timer for
+    // `time_needed()` when this becomes true (at start, or right after a match).
+    bool wants_timer() const { return want_timer_; }
+    config::Duration time_needed() const { return after_; }
+    void timer_armed() { want_timer_ = false; }
+
+    // Evaluate at start-up: fires immediately when there is nothing to wait for.
+    bool start();
+
+    struct Step {
+        size_t pass;  // bytes of the chunk that go through before the fault / hold point
+        bool fire;    // the fault acts right after `pass` bytes
+        bool hold;    // the byte threshold is reached but time is not: hold the rest
+    };
+    // Feed a chunk of the watched direction.
+    Step feed(const char* data, size_t len);
+
+    // The `after` timer expired. Returns true if the fault fires now.
+    bool time_reached();
+    // Bytes counted since the match (or start), for diagnostics.
+    uint64_t bytes_counted() const { return counted_; }
+
+  private:
+    bool counting_done() const;
+
+    config::Direction dir_ = config::Direction::upstream;
+    Phase phase_ = Phase::counting;
+    std::optional<LiteralMatcher> literal_;
+    std::optional<LineMatcher> line_;
+    std::optional<uint64_t> after_bytes_;
+    config::Duration after_{0};
+    bool has_after_ = false;
+    bool reads_bytes_ = false;
+    bool want_timer_ = false;
+    bool time_ok_ = true;
+    uint64_t counted_ = 0;
+};
+
+}  // namespace tcpfault::faults

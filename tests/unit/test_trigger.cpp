@@ -1,0 +1,142 @@
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "faults/trigger.hpp"
+
+using namespace tcpfault;
+using faults::LiteralMatcher;
+using faults::Trigger;
+
+namespace {
+config::When when_bytes(uint64_t n) {
+    config::When w;
+    w.direction = config::Direction::downstream;
+    w.after_bytes = n;
+    return w;
+}
+}  // namespace
+
+TEST_CASE("literal matcher finds a needle split at every possible point") {
+    const std::string stream = "USER bob\r\nSTOR file.bin\r\n";
+    const size_t end = stream.find("STOR ") + 5;
+    for (size_t cut = 0; cut <= stream.size(); ++cut) {
+        LiteralMatcher m("STOR ");
+        size_t a = m.feed(stream.data(), cut);
+        if (a != Trigger::npos) {
+            CHECK(a == end);
+            continue;
+        }
+        size_t b = m.feed(stream.data() + cut, stream.size() - cut);
+        REQUIRE(b != Trigger::npos);
+        CHECK(cut + b == end);
+    }
+}
+
+TEST_CASE("literal matcher handles self-overlapping needles byte by byte") {
+    LiteralMatcher m("aab");
+    const std::string s = "aaab";
+    size_t hit = Trigger::npos;
+    for (size_t i = 0; i < s.size() && hit == Trigger::npos; ++i)
+        if (m.feed(&s[i], 1) != Trigger::npos) hit = i;
+    CHECK(hit == 3);
+}
+
+TEST_CASE("after_bytes splits a single large chunk exactly at the threshold") {
+    config::When w = when_bytes(716800);
+    Trigger t(&w);
+    CHECK_FALSE(t.start());
+    std::string chunk(1 << 20, 'x');
+    auto step = t.feed(chunk.data(), chunk.size());
+    CHECK(step.fire);
+    CHECK(step.pass == 716800);
+    CHECK(t.fired());
+}
+
+TEST_CASE("after_bytes counts across chunks of every size") {
+    for (size_t piece : {1u, 7u, 4096u, 65536u}) {
+        config::When w = when_bytes(100000);
+        Trigger t(&w);
+        t.start();
+        std::string chunk(piece, 'y');
+        uint64_t passed = 0;
+        while (!t.fired()) {
+            auto step = t.feed(chunk.data(), chunk.size());
+            passed += step.pass;
+        }
+        CHECK(passed == 100000);
+    }
+}
+
+TEST_CASE("after_bytes 0 and no when fire at start") {
+    config::When w = when_bytes(0);
+    Trigger t(&w);
+    CHECK(t.start());
+    Trigger none(nullptr);
+    CHECK(none.start());
+}
+
+TEST_CASE("data match then after_bytes counts from the end of the match") {
+    config::When w;
+    w.direction = config::Direction::upstream;
+    w.data = "DATA\r\n";
+    w.after_bytes = 10;
+    Trigger t(&w);
+    CHECK_FALSE(t.start());
+    std::string s = "MAIL FROM:<a>\r\nDA";
+    auto a = t.feed(s.data(), s.size());
+    CHECK_FALSE(a.fire);
+    CHECK(a.pass == s.size());
+    std::string s2 = "TA\r\n0123456789abc";
+    auto b = t.feed(s2.data(), s2.size());
+    CHECK(b.fire);
+    CHECK(b.pass == 4 + 10);
+}
+
+TEST_CASE("line regex fires at the end of the matching line") {
+    config::When w;
+    w.line = "^RCPT TO:";
+    w.line_re = std::make_shared<std::regex>(*w.line, std::regex::ECMAScript);
+    Trigger t(&w);
+    t.start();
+    std::string s = "MAIL FROM:<a@b>\r\nXRCPT TO:<no>\r\nRCPT TO:<c@d>\r\nDATA\r\n";
+    auto step = t.feed(s.data(), s.size());
+    CHECK(step.fire);
+    CHECK(step.pass == s.find("DATA"));
+}
+
+TEST_CASE("bytes reached before time: hold at the threshold, fire on the timer") {
+    config::When w = when_bytes(5);
+    w.after = std::chrono::milliseconds(100);
+    Trigger t(&w);
+    CHECK_FALSE(t.start());
+    CHECK(t.wants_timer());
+    std::string s = "0123456789";
+    auto step = t.feed(s.data(), s.size());
+    CHECK_FALSE(step.fire);
+    CHECK(step.hold);
+    CHECK(step.pass == 5);
+    CHECK(t.time_reached());
+}
+
+TEST_CASE("time reached before bytes: fire when the bytes arrive") {
+    config::When w = when_bytes(5);
+    w.after = std::chrono::milliseconds(100);
+    Trigger t(&w);
+    t.start();
+    CHECK_FALSE(t.time_reached());
+    std::string s = "0123456789";
+    auto step = t.feed(s.data(), s.size());
+    CHECK(step.fire);
+    CHECK(step.pass == 5);
+}
+
+TEST_CASE("only `after`: the timer alone fires") {
+    config::When w;
+    w.after = std::chrono::seconds(2);
+    Trigger t(&w);
+    CHECK_FALSE(t.start());
+    CHECK(t.wants_timer());
+    CHECK_FALSE(t.watches(config::Direction::upstream));
+    CHECK(t.time_reached());
+}
