@@ -3,6 +3,7 @@
 #include <csignal>
 #include <map>
 
+#include "proxy/clock.hpp"
 #include "proxy/log.hpp"
 #include "proxy/uv_util.hpp"
 
@@ -81,6 +82,9 @@ int App::run() {
     }
     cfg_ = std::move(*r.config);
     log::configure(cfg_.log.level, cfg_.log.format);
+    mark_start();
+    // Without a configured seed every run differs; with one, every random decision repeats.
+    seed_ = cfg_.seed ? *cfg_.seed : uv_hrtime();
     if (cfg_.admin.enabled)
         log::warn("admin HTTP API is not implemented yet; admin.listen is ignored",
                   {{"addr", cfg_.admin.listen.str()}});
@@ -126,6 +130,7 @@ std::string App::apply(const config::Config& cfg) {
         auto it = running.find(p.name);
         if (it != running.end() && same_listen(it->second->config(), p)) continue;
         auto server = std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p));
+        server->set_seed(seed_);
         int e = server->listen();
         if (e != 0) {
             error = "proxy " + p.name + ": cannot listen on " + p.listen.str() + ": " +

@@ -48,6 +48,7 @@ class App {
     uv_signal_t sigterm_{}, sigint_{}, sighup_{};
     uv_timer_t grace_timer_{};
     uv_timer_t reap_timer_{};
+    uint64_t seed_ = 0;
     bool stopping_ = false;
     bool handles_closed_ = false;
 };

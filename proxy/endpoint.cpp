@@ -14,6 +14,7 @@ struct Endpoint::WriteReq {
     uv_write_t req{};
     Chunk data;
     size_t len = 0;
+    bool pooled = false;  // data is a pool chunk, returned to the pool when done
     Endpoint* endpoint = nullptr;
 };
 
@@ -37,9 +38,12 @@ void Endpoint::stop_reading() {
     reading_ = false;
 }
 
-void Endpoint::on_alloc(uv_handle_t*, size_t, uv_buf_t* buf) {
+void Endpoint::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+    auto* self = static_cast<Endpoint*>(h->data);
     Chunk c = loop_buffer_pool().take();
-    *buf = uv_buf_init(c.release(), BufferPool::kChunkSize);
+    size_t n = BufferPool::kChunkSize;
+    if (self->max_read_ > 0 && self->max_read_ < n) n = self->max_read_;
+    *buf = uv_buf_init(c.release(), static_cast<unsigned>(n));
 }
 
 void Endpoint::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
@@ -51,15 +55,15 @@ void Endpoint::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     if (chunk) loop_buffer_pool().give(std::move(chunk));
 }
 
-int Endpoint::write(Chunk& chunk, size_t off, size_t len) {
+int Endpoint::write(const char* p, size_t len, Chunk* owner) {
     if (!usable()) return UV_EPIPE;
     if (queued_ == 0) {
-        uv_buf_t b = uv_buf_init(chunk.get() + off, static_cast<unsigned>(len));
+        uv_buf_t b = uv_buf_init(const_cast<char*>(p), static_cast<unsigned>(len));
         int n = uv_try_write(stream(), &b, 1);
         if (n == static_cast<int>(len)) return 0;
         if (n < 0 && n != UV_EAGAIN) return n;
         if (n > 0) {
-            off += n;
+            p += n;
             len -= n;
         }
     }
@@ -68,14 +72,17 @@ int Endpoint::write(Chunk& chunk, size_t off, size_t len) {
     req->len = len;
     // A small remainder is copied so a mostly-empty 64 KiB chunk is not pinned while the
     // peer is slow; memory accounting then stays close to the bytes actually held.
-    if (len < BufferPool::kChunkSize / 4) {
-        req->data = std::make_unique_for_overwrite<char[]>(len);
-        std::memcpy(req->data.get(), chunk.get() + off, len);
-        off = 0;
+    const char* base;
+    if (owner != nullptr && *owner && len >= BufferPool::kChunkSize / 4) {
+        req->data = std::move(*owner);
+        req->pooled = true;
+        base = p;
     } else {
-        req->data = std::move(chunk);
+        req->data = std::make_unique_for_overwrite<char[]>(len);
+        std::memcpy(req->data.get(), p, len);
+        base = req->data.get();
     }
-    uv_buf_t b = uv_buf_init(req->data.get() + off, static_cast<unsigned>(len));
+    uv_buf_t b = uv_buf_init(const_cast<char*>(base), static_cast<unsigned>(len));
     req->req.data = req.get();
     int err = uv_write(&req->req, stream(), &b, 1, on_write);
     if (err != 0) return err;  // the request (and the bytes) die here; the session is failing
@@ -88,7 +95,7 @@ void Endpoint::on_write(uv_write_t* r, int status) {
     std::unique_ptr<WriteReq> req(static_cast<WriteReq*>(r->data));
     Endpoint* self = req->endpoint;
     self->queued_ -= req->len;
-    if (req->len >= BufferPool::kChunkSize / 4) loop_buffer_pool().give(std::move(req->data));
+    if (req->pooled) loop_buffer_pool().give(std::move(req->data));
     if (status == UV_ECANCELED) return;  // the handle is closing; nothing to report
     if (self->sink_of_ != nullptr) self->sink_of_->on_write_done(status);
 }

@@ -42,10 +42,12 @@ class Endpoint {
     void stop_reading();
     bool reading() const { return reading_; }
 
-    // Writes len bytes of chunk starting at off. Tries a direct write first; what the
-    // kernel does not take is queued (the chunk moves into the request). Returns 0 or a
-    // libuv error if the socket failed synchronously.
-    int write(Chunk& chunk, size_t off, size_t len);
+    // Writes [p, p+len). Tries a direct write first; what the kernel does not take is queued,
+    // stealing `owner` (the chunk p points into) when the rest is large, else copying.
+    // Returns 0 or a libuv error if the socket failed synchronously.
+    int write(const char* p, size_t len, Chunk* owner);
+    // Caps the size of each read (clamp's read_size); 0 restores the default.
+    void set_max_read(size_t n) { max_read_ = n; }
     size_t queued_bytes() const { return queued_; }
 
     // FIN after everything queued. Idempotent.
@@ -74,6 +76,7 @@ class Endpoint {
     Pipe* source_of_ = nullptr;
     Pipe* sink_of_ = nullptr;
     size_t queued_ = 0;
+    size_t max_read_ = 0;
     bool initialized_ = false;
     bool closing_ = false;
     bool reading_ = false;

@@ -1,29 +1,53 @@
 #include "proxy/pipe.hpp"
 
+#include <algorithm>
+#include <random>
+
 #include "proxy/endpoint.hpp"
 #include "proxy/session.hpp"
 
 namespace tcpfault {
 
 void Pipe::start() {
-    if (!source_eof_ && !paused_) source_.start_reading();
+    if (!source_eof_ && !paused_ && !stalled_hold_ && !holding_for_trigger_)
+        source_.start_reading();
+}
+
+void Pipe::set_mode(Mode m) {
+    mode_ = m;
+    if (m != Mode::forward && !source_eof_) source_.start_reading();
+}
+
+bool Pipe::shaping() const {
+    return latency_.count() > 0 || jitter_.count() > 0 || rate_ > 0 || slice_max_ > 0 ||
+           stalled_hold_ || !queue_.empty();
 }
 
 void Pipe::on_read(Chunk& chunk, ssize_t nread) {
-    if (discard_) {
-        if (nread < 0) {
-            source_eof_ = true;
-            session_.on_discard_end();
-        }
-        return;
-    }
+    session_.on_activity();
     if (nread > 0) {
-        forward(chunk, static_cast<size_t>(nread));
+        size_t n = static_cast<size_t>(nread);
+        bytes_ += n;
+        session_.on_bytes(dir_, n);
+        switch (mode_) {
+            case Mode::forward:
+                process(chunk.get(), n, &chunk);
+                break;
+            case Mode::drop:
+                break;
+            case Mode::reset_on_data:
+                session_.on_data_after_close(source_);
+                break;
+        }
         return;
     }
     if (nread == UV_EOF) {
         source_eof_ = true;
         session_.trace(dir_ == config::Direction::upstream ? "client eof" : "server eof");
+        if (mode_ != Mode::forward) {
+            session_.on_eof_after_close(source_);
+            return;
+        }
         maybe_pass_fin();
         return;
     }
@@ -31,19 +55,195 @@ void Pipe::on_read(Chunk& chunk, ssize_t nread) {
     session_.on_peer_reset(source_, static_cast<int>(nread));
 }
 
-void Pipe::forward(Chunk& chunk, size_t len) {
-    bytes_ += len;
-    session_.on_bytes(dir_, len);
-    int err = sink_.write(chunk, 0, len);
-    if (err != 0) {
-        session_.on_peer_reset(sink_, err);
+// Runs the chunk past every trigger watching this direction, forwarding byte-exact segments
+// between the points where faults fire.
+void Pipe::process(const char* p, size_t n, Chunk* owner) {
+    if (holding_for_trigger_) {
+        trigger_hold_.append(p, n);
+        apply_backpressure();
         return;
     }
+    if (!session_.watches(dir_)) {
+        emit(p, n, owner);
+        return;
+    }
+    size_t off = 0;
+    while (off < n) {
+        Session::ScanResult r = session_.scan(dir_, p + off, n - off);
+        emit(p + off, r.pass, owner);
+        off += r.pass;
+        if (r.hold) {
+            holding_for_trigger_ = true;
+            trigger_hold_.assign(p + off, n - off);
+            source_.stop_reading();
+            return;
+        }
+        if (!r.fired) break;
+        // A fault fires after exactly `off` bytes; what follows goes through the pipe as the
+        // fault left it.
+        session_.fire_pending();
+        if (mode_ != Mode::forward || !sink_.usable() || session_.ending()) return;
+        if (!session_.watches(dir_)) {
+            emit(p + off, n - off, owner);
+            return;
+        }
+    }
+}
+
+void Pipe::release_trigger_hold() {
+    if (!holding_for_trigger_) return;
+    holding_for_trigger_ = false;
+    std::string held;
+    held.swap(trigger_hold_);
+    if (mode_ == Mode::forward && !held.empty()) process(held.data(), held.size(), nullptr);
+    if (!holding_for_trigger_) start();
+    maybe_pass_fin();
+}
+
+void Pipe::emit(const char* p, size_t n, Chunk* owner) {
+    if (n == 0 || mode_ != Mode::forward) return;
+    if (!shaping()) {
+        int err = sink_.write(p, n, owner);
+        if (err != 0) {
+            session_.on_peer_reset(sink_, err);
+            return;
+        }
+        apply_backpressure();
+        return;
+    }
+    uint64_t now = uv_now(session_.loop());
+    uint64_t delay_us = static_cast<uint64_t>(latency_.count());
+    if (jitter_.count() > 0) {
+        std::uniform_int_distribution<int64_t> d(-jitter_.count(), jitter_.count());
+        int64_t v = static_cast<int64_t>(delay_us) + d(session_.rng());
+        delay_us = v < 0 ? 0 : static_cast<uint64_t>(v);
+    }
+    // Order is preserved: a chunk never leaves before the one read ahead of it.
+    uint64_t release = std::max(now + (delay_us + 500) / 1000, last_release_ms_);
+    last_release_ms_ = release;
+    queue_.push_back(Held{std::string(p, n), 0, release});
+    queued_held_ += n;
     apply_backpressure();
+    pump();
+}
+
+void Pipe::pump() {
+    if (!sink_.usable() || slice_wait_ || stalled_hold_) return;
+    uint64_t now = uv_now(session_.loop());
+    while (!queue_.empty()) {
+        if (sink_.queued_bytes() >= kHighWatermark) return;  // on_write_done pumps again
+        Held& h = queue_.front();
+        if (h.release_ms > now) {
+            arm_timer(h.release_ms - now);
+            return;
+        }
+        size_t n = h.bytes.size() - h.off;
+        if (slice_max_ > 0) {
+            std::uniform_int_distribution<uint64_t> d(slice_min_, slice_max_);
+            n = std::min<size_t>(n, d(session_.rng()));
+        }
+        if (rate_ > 0) {
+            // Token bucket holding at most 50 ms of rate, so bursts stay small.
+            double cap = std::max<double>(static_cast<double>(rate_) / 20.0, 1.0);
+            tokens_ =
+                std::min(cap, tokens_ + static_cast<double>(now - refill_ms_) * rate_ / 1000.0);
+            refill_ms_ = now;
+            if (tokens_ < 1.0) {
+                uint64_t wait = static_cast<uint64_t>((1.0 - tokens_) * 1000.0 / rate_) + 1;
+                arm_timer(wait);
+                return;
+            }
+            n = std::min<size_t>(n, static_cast<size_t>(tokens_));
+            tokens_ -= static_cast<double>(n);
+        }
+        int err = sink_.write(h.bytes.data() + h.off, n, nullptr);
+        if (err != 0) {
+            session_.on_peer_reset(sink_, err);
+            return;
+        }
+        h.off += n;
+        queued_held_ -= n;
+        if (h.off == h.bytes.size()) queue_.pop_front();
+        if (slice_max_ > 0 && !queue_.empty()) {
+            // One piece per timer turn: pieces leave as separate segments (TCP_NODELAY).
+            slice_wait_ = true;
+            arm_timer(slice_delay_ms_);
+            break;
+        }
+    }
+    apply_backpressure();
+    maybe_pass_fin();
+}
+
+void Pipe::arm_timer(uint64_t delay_ms) {
+    if (!timer_open_) {
+        uv_timer_init(session_.loop(), &timer_);
+        timer_.data = this;
+        timer_open_ = true;
+        session_.handle_opened();
+    }
+    uv_timer_start(&timer_, on_timer, delay_ms, 0);
+}
+
+void Pipe::on_timer(uv_timer_t* t) {
+    auto* self = static_cast<Pipe*>(t->data);
+    self->slice_wait_ = false;
+    self->pump();
+}
+
+void Pipe::close_timer() {
+    if (!timer_open_) return;
+    timer_open_ = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_timer_closed);
+}
+
+void Pipe::on_timer_closed(uv_handle_t* h) {
+    auto* self = static_cast<Pipe*>(h->data);
+    self->session_.timer_closed();
+}
+
+void Pipe::add_latency(config::Duration delay, config::Duration jitter) {
+    latency_ += delay;
+    jitter_ += jitter;
+}
+
+void Pipe::set_bandwidth(uint64_t bytes_per_sec) {
+    rate_ = bytes_per_sec;
+    tokens_ = 0;
+    refill_ms_ = uv_now(session_.loop());
+}
+
+void Pipe::set_slice(uint64_t min_size, uint64_t max_size, config::Duration delay) {
+    slice_min_ = min_size;
+    slice_max_ = max_size;
+    slice_delay_ms_ = static_cast<uint64_t>((delay.count() + 999) / 1000);
+}
+
+void Pipe::stall(config::StallFault::Mode mode) {
+    if (mode == config::StallFault::Mode::hold) {
+        stalled_hold_ = true;
+        source_.stop_reading();
+    } else {
+        set_mode(Mode::drop);
+    }
+}
+
+void Pipe::unstall() {
+    if (mode_ == Mode::drop) mode_ = Mode::forward;
+    stalled_hold_ = false;
+    start();
+    pump();
+}
+
+void Pipe::discard_pending() {
+    queue_.clear();
+    queued_held_ = 0;
+    trigger_hold_.clear();
+    holding_for_trigger_ = false;
 }
 
 void Pipe::apply_backpressure() {
-    size_t queued = sink_.queued_bytes();
+    size_t queued = sink_.queued_bytes() + held_bytes();
     if (!paused_ && queued >= kHighWatermark) {
         paused_ = true;
         source_.stop_reading();
@@ -51,7 +251,7 @@ void Pipe::apply_backpressure() {
     } else if (paused_ && queued <= kLowWatermark) {
         paused_ = false;
         session_.on_backpressure(false);
-        if (!source_eof_) source_.start_reading();
+        start();
     }
 }
 
@@ -62,11 +262,15 @@ void Pipe::on_write_done(int status) {
         return;
     }
     apply_backpressure();
+    pump();
     maybe_pass_fin();
+    session_.on_write_drained();
 }
 
 void Pipe::maybe_pass_fin() {
-    if (!source_eof_ || sink_.fin_requested() || sink_.queued_bytes() != 0) return;
+    if (!source_eof_ || mode_ != Mode::forward || sink_.fin_requested() || !sink_.usable()) return;
+    if (sink_.queued_bytes() != 0 || held_bytes() != 0 || stalled_hold_ || holding_for_trigger_)
+        return;
     int err = sink_.shutdown_write();
     if (err != 0) session_.on_peer_reset(sink_, err);
 }

@@ -1,11 +1,18 @@
 // One direction of a session: bytes read from `source` are written to `sink`, in order.
-// Pass-through is this pipe with no fault stages. It owns the direction's flow control
-// (pause the source above the sink's high watermark, resume below the low one) and its
-// half-close: the source's FIN is passed on only once everything before it was written.
+// Pass-through is this pipe with no fault stages: a read goes straight to a write. Faults that
+// shape the stream (latency, bandwidth, slice, stall) make the pipe queue bytes and release
+// them from its timer; those held bytes count toward the same high/low watermarks that pause
+// and resume reading the source, so memory stays bounded under every fault.
+// The pipe also owns the direction's half-close: the source's FIN is passed on only once every
+// byte before it was written.
 #pragma once
+
+#include <uv.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <string>
 
 #include "config/config.hpp"
 #include "proxy/buffer_pool.hpp"
@@ -21,17 +28,38 @@ class Pipe {
     static constexpr size_t kHighWatermark = 256 * 1024;
     static constexpr size_t kLowWatermark = kHighWatermark / 2;
 
+    // What happens to bytes read from the source.
+    enum class Mode {
+        forward,        // normal
+        drop,           // read and discard (stall drop, idle drop, close then discard)
+        reset_on_data,  // the first byte is answered with RST (close then reset, idle reset)
+    };
+
     Pipe(Session& session, Endpoint& source, Endpoint& sink, config::Direction dir)
         : session_(session), source_(source), sink_(sink), dir_(dir) {}
 
     config::Direction direction() const { return dir_; }
     uint64_t bytes() const { return bytes_; }
     bool source_eof() const { return source_eof_; }
-    bool done() const { return fin_done_; }  // FIN passed on and acknowledged by the kernel
+    bool done() const { return fin_done_; }  // FIN passed on and handed to the kernel
+    size_t held_bytes() const { return queued_held_ + trigger_hold_.size(); }
 
     void start();  // begin reading the source
-    // Read and drop everything from the source (a sink that must not get bytes any more).
-    void set_discard(bool on) { discard_ = on; }
+    void set_mode(Mode m);
+    Mode mode() const { return mode_; }
+
+    // Shaping stages; each stays for the rest of the connection.
+    void add_latency(config::Duration delay, config::Duration jitter);
+    void set_bandwidth(uint64_t bytes_per_sec);
+    void set_slice(uint64_t min_size, uint64_t max_size, config::Duration delay);
+    // Stall: hold stops reading (backpressure, nothing lost); drop discards what arrives.
+    void stall(config::StallFault::Mode mode);
+    void unstall();
+    // Forget bytes not yet handed to the sink (a reset or close fault ends the stream).
+    void discard_pending();
+    // A trigger that held this direction (bytes reached, time not yet) is released.
+    void release_trigger_hold();
+    void close_timer();
 
     // Endpoint callbacks.
     void on_read(Chunk& chunk, ssize_t nread);
@@ -39,9 +67,21 @@ class Pipe {
     void on_fin_sent(int status);
 
   private:
-    void forward(Chunk& chunk, size_t len);
+    struct Held {
+        std::string bytes;
+        size_t off = 0;
+        uint64_t release_ms = 0;
+    };
+
+    void process(const char* p, size_t n, Chunk* owner);
+    void emit(const char* p, size_t n, Chunk* owner);
+    void pump();
+    bool shaping() const;
+    void arm_timer(uint64_t delay_ms);
     void apply_backpressure();
     void maybe_pass_fin();
+    static void on_timer(uv_timer_t* t);
+    static void on_timer_closed(uv_handle_t* h);
 
     Session& session_;
     Endpoint& source_;
@@ -51,7 +91,26 @@ class Pipe {
     bool paused_ = false;  // reading stopped because the sink is full
     bool source_eof_ = false;
     bool fin_done_ = false;
-    bool discard_ = false;
+    Mode mode_ = Mode::forward;
+
+    // Shaping state.
+    std::deque<Held> queue_;
+    size_t queued_held_ = 0;
+    std::string trigger_hold_;  // bytes behind a hold point, not yet scanned by triggers
+    bool holding_for_trigger_ = false;
+    config::Duration latency_{0};
+    config::Duration jitter_{0};
+    uint64_t last_release_ms_ = 0;
+    uint64_t rate_ = 0;
+    double tokens_ = 0;
+    uint64_t refill_ms_ = 0;
+    uint64_t slice_min_ = 0;
+    uint64_t slice_max_ = 0;
+    uint64_t slice_delay_ms_ = 0;
+    bool slice_wait_ = false;  // a slice delay is running
+    bool stalled_hold_ = false;
+    uv_timer_t timer_{};
+    bool timer_open_ = false;
 };
 
 }  // namespace tcpfault

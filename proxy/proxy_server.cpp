@@ -6,6 +6,8 @@
 
 #include <vector>
 
+#include "faults/rule_matcher.hpp"
+#include "proxy/clock.hpp"
 #include "proxy/log.hpp"
 #include "proxy/uv_util.hpp"
 
@@ -92,6 +94,28 @@ void ProxyServer::abort_sessions(bool with_reset) {
 void ProxyServer::session_finished(uint64_t id) {
     sessions_.erase(id);
     if (on_idle_) on_idle_();
+}
+
+void ProxyServer::match_rules(Session& s, const sockaddr* client) {
+    faults::ConnectionFacts facts;
+    facts.ordinal = ++ordinal_;
+    facts.client = client;
+    facts.since_start = since_start();
+    for (const auto& rule : cfg_->rules) {
+        if (faults::rule_matches(rule, facts, seed_, fired(rule.name))) s.apply_rule(&rule);
+    }
+}
+
+bool ProxyServer::record_fault(const config::Rule& rule) {
+    uint64_t& n = fired_[rule.name];
+    if (rule.match.limit && n >= *rule.match.limit) return false;
+    ++n;
+    return true;
+}
+
+uint64_t ProxyServer::fired(const std::string& rule) const {
+    auto it = fired_.find(rule);
+    return it == fired_.end() ? 0 : it->second;
 }
 
 void ProxyServer::count_bytes(config::Direction dir, size_t n) {

@@ -52,6 +52,13 @@ class ProxyServer {
     // Called whenever a session ends or the listener closes, so the owner can reap.
     void set_on_idle(std::function<void()> cb) { on_idle_ = std::move(cb); }
 
+    // Rules: matching at accept, and injection counting (for `limit` and metrics).
+    void set_seed(uint64_t seed) { seed_ = seed; }
+    uint64_t seed() const { return seed_; }
+    void match_rules(Session& s, const sockaddr* client);
+    bool record_fault(const config::Rule& rule);
+    uint64_t fired(const std::string& rule) const;
+
     // Session callbacks.
     void session_finished(uint64_t id);
     void count_bytes(config::Direction dir, size_t n);
@@ -72,6 +79,9 @@ class ProxyServer {
     uint64_t next_id_ = 1;
     std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
     ProxyCounters counters_;
+    uint64_t seed_ = 0;
+    uint64_t ordinal_ = 0;
+    std::unordered_map<std::string, uint64_t> fired_;  // per rule name
     std::function<void()> on_idle_;
 };
 

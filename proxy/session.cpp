@@ -50,6 +50,11 @@ void Session::accept(uv_stream_t* listener) {
     }
     uv_tcp_nodelay(client_.tcp(), 1);
     client_addr_ = peer_name(client_.tcp());
+    sockaddr_storage peer{};
+    int len = sizeof peer;
+    uv_tcp_getpeername(client_.tcp(), reinterpret_cast<sockaddr*>(&peer), &len);
+    rng_.seed(server_.seed() ^ (id_ * 0x9e3779b97f4a7c15ULL));
+    server_.match_rules(*this, reinterpret_cast<const sockaddr*>(&peer));
     log::debug("accepted", {{"proxy", cfg_->name}, {"conn", id_}, {"client", client_addr_}});
     start_timer(cfg_->connect_timeout, on_connect_timeout);
     resolve();
@@ -159,6 +164,9 @@ void Session::on_connected() {
     stop_timer();
     uv_tcp_nodelay(upstream_.tcp(), 1);
     server_.count_connected();
+    // Rules without `when` act "at accept": once both sockets exist, before any byte moves.
+    start_rules();
+    if (ending()) return;
     up_.start();
     down_.start();
 }
@@ -191,7 +199,7 @@ void Session::upstream_failed(const char* kind, int err) {
     }
     // `close`: FIN to the client, then read and drop what it still sends until its FIN, so
     // the kernel does not answer our close with a RST over unread bytes.
-    up_.set_discard(true);
+    up_.set_mode(Pipe::Mode::drop);
     int e = client_.shutdown_write();
     if (e != 0) {
         close_all();
@@ -203,10 +211,6 @@ void Session::upstream_failed(const char* kind, int err) {
 
 void Session::on_drain_timeout(uv_timer_t* t) {
     static_cast<Session*>(t->data)->close_all();
-}
-
-void Session::on_discard_end() {
-    close_all();
 }
 
 void Session::on_bytes(config::Direction dir, size_t n) {
@@ -231,12 +235,14 @@ void Session::on_peer_reset(Endpoint& who, int err) {
                               {"error", uv_error_string(err)}});
     closing_ = true;
     stop_timer();
+    close_pipe_timers();
     other.reset();
     who.reset();
     handle_closed();
 }
 
 void Session::on_direction_done() {
+    if (close_fault_) return;  // the close fault decides when the session ends
     if (up_.done() && down_.done()) close_all();
 }
 
@@ -244,6 +250,7 @@ void Session::close_all() {
     if (closing_ && !client_.usable() && !upstream_.usable()) return;
     closing_ = true;
     stop_timer();
+    close_pipe_timers();
     client_.close();
     upstream_.close();
     handle_closed();
@@ -253,6 +260,7 @@ void Session::abort(bool with_reset) {
     if (with_reset) {
         closing_ = true;
         stop_timer();
+        close_pipe_timers();
         client_.reset();
         upstream_.reset();
         handle_closed();

@@ -8,11 +8,14 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "config/config.hpp"
+#include "faults/trigger.hpp"
 #include "proxy/endpoint.hpp"
 #include "proxy/pipe.hpp"
 
@@ -38,18 +41,66 @@ class Session {
     // Forced end (grace period over, proxy removed): close both sockets now.
     void abort(bool with_reset);
 
+    uv_loop_t* loop() const;
+    std::mt19937_64& rng() { return rng_; }
+    // True once a terminal fault or a reset ends the connection: no more bytes move.
+    bool ending() const { return closing_ || terminal_; }
+
+    // Applies the proxy's matching rules to this connection (at accept, or when a rule is
+    // added at runtime with `existing`).
+    void apply_rule(const config::Rule* rule);
+
+    // Trigger scanning for a pipe: where in [p, p+n) the next fault fires or the stream holds.
+    struct ScanResult {
+        size_t pass;  // bytes to forward first
+        bool fired;   // then fire_pending()
+        bool hold;    // then hold the rest until a time condition passes
+    };
+    bool watches(config::Direction dir) const {
+        return watching_[dir == config::Direction::upstream ? 0 : 1] > 0;
+    }
+    ScanResult scan(config::Direction dir, const char* p, size_t n);
+    void fire_pending();
+
     // Endpoint / Pipe callbacks.
     void handle_opened() { ++live_; }
+    void timer_closed() {
+        --live_;
+        handle_closed();
+    }
+    void on_activity();
+    void on_write_drained();
+    void on_data_after_close(Endpoint& who);
+    void on_eof_after_close(Endpoint& who);
     void endpoint_closed(Endpoint& e);
     void on_bytes(config::Direction dir, size_t n);
     void on_peer_reset(Endpoint& who, int err);
     void on_direction_done();
-    void on_discard_end();
     void on_backpressure(bool paused);
     void trace(const char* event);  // debug-level lifecycle log line
 
   private:
+    struct AppliedRule {
+        const config::Rule* rule;
+        faults::Trigger trigger;
+        uint64_t deadline_ms = 0;  // `after` timer, 0 when none is running
+        bool done = false;
+    };
+
     void resolve();
+    void start_rules();
+    void fire(size_t i);
+    void arm_rule_timers();
+    void recount_watchers();
+    void fault_reset(config::Target to, bool flush);
+    void finish_reset();
+    void fault_close(config::Target to, config::CloseFault::Then then);
+    void fault_stall(const config::StallFault& f);
+    void fault_clamp(const config::ClampFault& f);
+    void each_pipe(config::Direction d, const std::function<void(Pipe&)>& fn);
+    void rearm_fault_timer();
+    void close_pipe_timers();
+    static void on_fault_timer(uv_timer_t* t);
     void connect_next();
     void on_connected();
     void upstream_failed(const char* kind, int err);
@@ -78,6 +129,24 @@ class Session {
     std::vector<sockaddr_storage> addrs_;  // upstream candidates, tried in order
     size_t next_addr_ = 0;
     int last_connect_err_ = 0;
+
+    std::vector<AppliedRule> rules_;
+    std::vector<size_t> pending_fire_;
+    int watching_[2] = {0, 0};  // rules whose trigger reads upstream / downstream bytes
+    std::mt19937_64 rng_;
+    uv_timer_t fault_timer_{};
+    bool fault_timer_open_ = false;
+    // Deadlines in uv_now() milliseconds; 0 = not set.
+    uint64_t stall_deadline_ = 0;
+    uint64_t idle_deadline_ = 0;
+    uint64_t flush_deadline_ = 0;  // reset with flush: give up waiting for acks
+    uint64_t last_activity_ms_ = 0;
+    const config::StallFault* stall_ = nullptr;
+    const config::IdleFault* idle_ = nullptr;
+    config::Target reset_to_ = config::Target::both;
+    bool flushing_ = false;
+    bool terminal_ = false;
+    bool close_fault_ = false;
 
     std::string client_addr_;
     uint64_t started_ms_ = 0;

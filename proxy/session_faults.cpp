@@ -1,0 +1,381 @@
+// The fault half of Session: applying rules to a connection, scanning triggers, and what each
+// fault does to the two sockets. The plain data path lives in session.cpp and pipe.cpp.
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
+
+#include <algorithm>
+
+#include "proxy/log.hpp"
+#include "proxy/proxy_server.hpp"
+#include "proxy/session.hpp"
+#include "proxy/uv_util.hpp"
+
+namespace tcpfault {
+
+namespace {
+// Reset with flush waits for the peer to acknowledge what was forwarded; a peer that never
+// reads (zero window) must not keep the connection alive forever.
+constexpr uint64_t kFlushBoundMs = 3000;
+constexpr uint64_t kFlushPollMs = 1;
+
+template <class... Ts>
+struct overloaded : Ts... {
+    using Ts::operator()...;
+};
+
+bool hits_client(config::Target t) {
+    return t != config::Target::server;
+}
+bool hits_server(config::Target t) {
+    return t != config::Target::client;
+}
+
+// Bytes sent but not yet acknowledged by the peer (Linux SIOCOUTQ).
+int unacked_bytes(uv_tcp_t* tcp) {
+    int fd = tcp_fd(tcp);
+    int n = 0;
+    if (fd < 0 || ioctl(fd, SIOCOUTQ, &n) != 0) return 0;
+    return n;
+}
+}  // namespace
+
+uv_loop_t* Session::loop() const {
+    return server_.loop();
+}
+
+void Session::apply_rule(const config::Rule* rule) {
+    rules_.push_back(AppliedRule{rule, faults::Trigger(rule->when ? &*rule->when : nullptr)});
+    recount_watchers();
+    // Rules added to an open connection start now; at accept they start once connected.
+    if (connected_) {
+        size_t i = rules_.size() - 1;
+        if (rules_[i].trigger.start()) fire(i);
+        arm_rule_timers();
+    }
+}
+
+void Session::start_rules() {
+    for (size_t i = 0; i < rules_.size() && !ending(); ++i)
+        if (rules_[i].trigger.start()) fire(i);
+    arm_rule_timers();
+}
+
+void Session::recount_watchers() {
+    watching_[0] = watching_[1] = 0;
+    for (const auto& r : rules_) {
+        if (r.trigger.watches(config::Direction::upstream)) ++watching_[0];
+        if (r.trigger.watches(config::Direction::downstream)) ++watching_[1];
+    }
+}
+
+Session::ScanResult Session::scan(config::Direction dir, const char* p, size_t n) {
+    // First find the earliest event on copies, then advance the real triggers exactly that
+    // far, so a trigger never counts bytes that a fault firing earlier holds or discards.
+    size_t best = n;
+    bool any = false;
+    bool hold = false;
+    for (auto& r : rules_) {
+        if (!r.trigger.watches(dir)) continue;
+        faults::Trigger probe = r.trigger;
+        auto step = probe.feed(p, n);
+        if ((step.fire || step.hold) &&
+            (!any || step.pass < best || (step.pass == best && step.fire))) {
+            best = step.pass;
+            any = true;
+            hold = step.hold && !step.fire;
+        }
+    }
+    for (size_t i = 0; i < rules_.size(); ++i) {
+        auto& r = rules_[i];
+        if (!r.trigger.watches(dir)) continue;
+        auto step = r.trigger.feed(p, best);
+        if (step.fire) pending_fire_.push_back(i);
+    }
+    arm_rule_timers();
+    recount_watchers();
+    if (!any) return {n, false, false};
+    return {best, !pending_fire_.empty(), hold && pending_fire_.empty()};
+}
+
+void Session::fire_pending() {
+    std::vector<size_t> now;
+    now.swap(pending_fire_);
+    for (size_t i : now) {
+        if (ending()) break;
+        fire(i);
+    }
+}
+
+void Session::fire(size_t i) {
+    AppliedRule& r = rules_[i];
+    if (r.done || ending()) return;
+    r.done = true;
+    r.deadline_ms = 0;
+    const config::Rule& rule = *r.rule;
+    // `limit` counts injections, so two connections racing for the last one cannot both fire.
+    if (!server_.record_fault(rule)) return;
+    log::info("fault injected", {{"proxy", cfg_->name},
+                                 {"conn", id_},
+                                 {"client", client_addr_},
+                                 {"rule", rule.name},
+                                 {"fault", config::fault_name(rule.fault)},
+                                 {"bytes_up", up_.bytes()},
+                                 {"bytes_down", down_.bytes()}});
+    std::visit(overloaded{
+                   [&](const config::ResetFault& f) { fault_reset(f.to, f.flush); },
+                   [&](const config::CloseFault& f) { fault_close(f.to, f.then); },
+                   [&](const config::StallFault& f) { fault_stall(f); },
+                   [&](const config::LatencyFault& f) {
+                       each_pipe(f.direction, [&](Pipe& p) { p.add_latency(f.delay, f.jitter); });
+                   },
+                   [&](const config::BandwidthFault& f) {
+                       each_pipe(f.direction, [&](Pipe& p) { p.set_bandwidth(f.rate); });
+                   },
+                   [&](const config::SliceFault& f) {
+                       each_pipe(f.direction,
+                                 [&](Pipe& p) { p.set_slice(f.min_size, f.max_size, f.delay); });
+                   },
+                   [&](const config::ClampFault& f) { fault_clamp(f); },
+                   [&](const config::IdleFault& f) {
+                       idle_ = &f;
+                       last_activity_ms_ = uv_now(loop());
+                       idle_deadline_ = last_activity_ms_ + f.timeout.count() / 1000;
+                       rearm_fault_timer();
+                   },
+                   // Proxy-wide faults act in ProxyServer, never on one connection's bytes.
+                   [&](const config::CapFault&) {},
+                   [&](const config::RefuseFault&) {},
+                   [&](const config::RestartFault&) {},
+               },
+               rule.fault);
+}
+
+void Session::each_pipe(config::Direction d, const std::function<void(Pipe&)>& fn) {
+    if (d != config::Direction::downstream) fn(up_);
+    if (d != config::Direction::upstream) fn(down_);
+}
+
+void Session::arm_rule_timers() {
+    bool changed = false;
+    uint64_t now = uv_now(loop());
+    for (auto& r : rules_) {
+        if (!r.trigger.wants_timer()) continue;
+        r.trigger.timer_armed();
+        r.deadline_ms = now + static_cast<uint64_t>((r.trigger.time_needed().count() + 999) / 1000);
+        changed = true;
+    }
+    if (changed) rearm_fault_timer();
+}
+
+void Session::rearm_fault_timer() {
+    if (closing_) return;
+    uint64_t next = 0;
+    auto consider = [&](uint64_t d) {
+        if (d != 0 && (next == 0 || d < next)) next = d;
+    };
+    for (const auto& r : rules_)
+        if (!r.done) consider(r.deadline_ms);
+    consider(stall_deadline_);
+    consider(idle_deadline_);
+    if (flushing_) consider(uv_now(loop()) + kFlushPollMs);
+    if (next == 0) {
+        if (fault_timer_open_) uv_timer_stop(&fault_timer_);
+        return;
+    }
+    if (!fault_timer_open_) {
+        uv_timer_init(loop(), &fault_timer_);
+        fault_timer_.data = this;
+        fault_timer_open_ = true;
+        ++live_;
+    }
+    uint64_t now = uv_now(loop());
+    uv_timer_start(&fault_timer_, on_fault_timer, next > now ? next - now : 0, 0);
+}
+
+void Session::on_fault_timer(uv_timer_t* t) {
+    auto* self = static_cast<Session*>(t->data);
+    uint64_t now = uv_now(self->loop());
+    if (self->flushing_) {
+        self->finish_reset();
+        if (self->closing_) return;
+    }
+    for (size_t i = 0; i < self->rules_.size() && !self->ending(); ++i) {
+        auto& r = self->rules_[i];
+        if (r.done || r.deadline_ms == 0 || r.deadline_ms > now) continue;
+        r.deadline_ms = 0;
+        if (r.trigger.time_reached()) {
+            self->fire(i);
+            // A stream held at the byte threshold moves on once its fault has acted.
+            if (!self->ending()) {
+                self->up_.release_trigger_hold();
+                self->down_.release_trigger_hold();
+            }
+        }
+        self->recount_watchers();
+    }
+    if (!self->ending() && self->stall_deadline_ != 0 && self->stall_deadline_ <= now) {
+        self->stall_deadline_ = 0;
+        const config::StallFault& f = *self->stall_;
+        switch (f.then) {
+            case config::StallFault::Then::resume:
+                self->each_pipe(f.direction, [](Pipe& p) { p.unstall(); });
+                break;
+            case config::StallFault::Then::reset:
+                self->fault_reset(config::Target::both, false);
+                break;
+            case config::StallFault::Then::close:
+                self->fault_close(config::Target::both, config::CloseFault::Then::reset);
+                break;
+        }
+    }
+    if (!self->ending() && self->idle_ != nullptr && self->idle_deadline_ != 0) {
+        uint64_t due = self->last_activity_ms_ + self->idle_->timeout.count() / 1000;
+        if (due > now) {
+            self->idle_deadline_ = due;
+        } else {
+            self->idle_deadline_ = 0;
+            log::info("idle timeout", {{"proxy", self->cfg_->name}, {"conn", self->id_}});
+            switch (self->idle_->action) {
+                case config::IdleFault::Action::reset:
+                    // A firewall that forgot the flow answers the next segment with RST.
+                    self->up_.set_mode(Pipe::Mode::reset_on_data);
+                    self->down_.set_mode(Pipe::Mode::reset_on_data);
+                    break;
+                case config::IdleFault::Action::drop:
+                    self->up_.set_mode(Pipe::Mode::drop);
+                    self->down_.set_mode(Pipe::Mode::drop);
+                    break;
+                case config::IdleFault::Action::close:
+                    self->fault_close(config::Target::both, config::CloseFault::Then::reset);
+                    break;
+            }
+        }
+    }
+    self->rearm_fault_timer();
+}
+
+void Session::on_activity() {
+    if (idle_ != nullptr) last_activity_ms_ = uv_now(loop());
+}
+
+// reset: RST to the targets. With flush, bytes already forwarded are first acknowledged by
+// the peer (kernel send queue empty), so "reset after exactly N bytes" means N were received.
+void Session::fault_reset(config::Target to, bool flush) {
+    terminal_ = true;
+    reset_to_ = to;
+    up_.discard_pending();
+    down_.discard_pending();
+    client_.stop_reading();
+    upstream_.stop_reading();
+    if (!flush) {
+        flush_deadline_ = uv_now(loop());
+        finish_reset();
+        return;
+    }
+    flushing_ = true;
+    flush_deadline_ = uv_now(loop()) + kFlushBoundMs;
+    finish_reset();
+    if (!closing_) rearm_fault_timer();
+}
+
+void Session::finish_reset() {
+    auto drained = [](Endpoint& e) {
+        return !e.usable() || (e.queued_bytes() == 0 && unacked_bytes(e.tcp()) == 0);
+    };
+    bool ready =
+        uv_now(loop()) >= flush_deadline_ || ((!hits_client(reset_to_) || drained(client_)) &&
+                                              (!hits_server(reset_to_) || drained(upstream_)));
+    if (!ready) return;
+    flushing_ = false;
+    closing_ = true;
+    close_pipe_timers();
+    if (hits_client(reset_to_))
+        client_.reset();
+    else
+        client_.close();
+    if (hits_server(reset_to_))
+        upstream_.reset();
+    else
+        upstream_.close();
+    handle_closed();
+}
+
+void Session::on_write_drained() {
+    if (flushing_) finish_reset();
+}
+
+// close: FIN to both sides after what was already forwarded. The targets then get the
+// `then` behaviour (RST on their next bytes, or silent discard: half-open); the other side's
+// further bytes are dropped. The session ends when both sides have closed (or on that RST).
+void Session::fault_close(config::Target to, config::CloseFault::Then then) {
+    terminal_ = true;
+    close_fault_ = true;
+    up_.discard_pending();
+    down_.discard_pending();
+    Pipe::Mode target_mode =
+        then == config::CloseFault::Then::reset ? Pipe::Mode::reset_on_data : Pipe::Mode::drop;
+    up_.set_mode(hits_client(to) ? target_mode : Pipe::Mode::drop);
+    down_.set_mode(hits_server(to) ? target_mode : Pipe::Mode::drop);
+    for (Endpoint* e : {&client_, &upstream_}) {
+        if (e->usable() && e->shutdown_write() != 0) e->reset();
+    }
+    if (up_.source_eof()) on_eof_after_close(client_);
+    if (down_.source_eof()) on_eof_after_close(upstream_);
+}
+
+void Session::on_data_after_close(Endpoint& who) {
+    (void)who;
+    if (closing_) return;
+    closing_ = true;
+    close_pipe_timers();
+    client_.reset();
+    upstream_.reset();
+    handle_closed();
+}
+
+void Session::on_eof_after_close(Endpoint& who) {
+    who.close();
+    if (!client_.usable() && !upstream_.usable()) close_all();
+}
+
+void Session::fault_stall(const config::StallFault& f) {
+    stall_ = &f;
+    each_pipe(f.direction, [&](Pipe& p) { p.stall(f.mode); });
+    if (f.duration) {
+        stall_deadline_ =
+            uv_now(loop()) + static_cast<uint64_t>((f.duration->count() + 999) / 1000);
+        rearm_fault_timer();
+    }
+}
+
+void Session::fault_clamp(const config::ClampFault& f) {
+    auto apply = [&](Endpoint& e, bool server_side) {
+        int fd = tcp_fd(e.tcp());
+        if (fd < 0) return;
+        auto set = [&](int level, int opt, uint64_t v) {
+            int x = static_cast<int>(v);
+            if (setsockopt(fd, level, opt, &x, sizeof x) != 0)
+                log::warn("clamp: setsockopt failed", {{"proxy", cfg_->name}, {"conn", id_}});
+        };
+        if (f.sndbuf) set(SOL_SOCKET, SO_SNDBUF, *f.sndbuf);
+        if (f.rcvbuf) set(SOL_SOCKET, SO_RCVBUF, *f.rcvbuf);
+        if (f.window) set(IPPROTO_TCP, TCP_WINDOW_CLAMP, *f.window);
+        if (f.mss && server_side) set(IPPROTO_TCP, TCP_MAXSEG, *f.mss);
+        if (f.read_size) e.set_max_read(*f.read_size);
+    };
+    if (hits_client(f.side)) apply(client_, false);
+    if (hits_server(f.side)) apply(upstream_, true);
+}
+
+void Session::close_pipe_timers() {
+    up_.close_timer();
+    down_.close_timer();
+    if (fault_timer_open_) {
+        fault_timer_open_ = false;
+        uv_close(reinterpret_cast<uv_handle_t*>(&fault_timer_), on_timer_closed);
+    }
+}
+
+}  // namespace tcpfault
