@@ -135,6 +135,7 @@ std::string App::apply(const config::Config& cfg) {
         if (e != 0) {
             error = "proxy " + p.name + ": cannot listen on " + p.listen.str() + ": " +
                     uv_error_string(e);
+            server->stop_accepting();
             retiring_.push_back(std::move(server));
             break;
         }

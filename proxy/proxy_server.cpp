@@ -37,27 +37,43 @@ int ProxyServer::listen() {
         std::memcpy(&ss, req.addrinfo->ai_addr, req.addrinfo->ai_addrlen);
         uv_freeaddrinfo(req.addrinfo);
     }
+    bound_ = ss;
+    int err = open_listener();
+    if (err != 0) return err;
+    log::info("listening",
+              {{"proxy", cfg_->name}, {"addr", listen_addr_}, {"upstream", cfg_->upstream.str()}});
+    start_rule_clock();
+    return 0;
+}
+
+int ProxyServer::open_listener() {
     int err = uv_tcp_init(loop_, &listener_);
     if (err != 0) return err;
     listener_.data = this;
     listener_open_ = true;
-    err = uv_tcp_bind(&listener_, reinterpret_cast<const sockaddr*>(&ss), 0);
+    err = uv_tcp_bind(&listener_, reinterpret_cast<const sockaddr*>(&bound_), 0);
     if (err == 0)
         err = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), kBacklog, on_connection);
     if (err != 0) {
-        stop_accepting();
+        close_listener();
         return err;
     }
-    listen_addr_ = sock_name(&listener_);
-    log::info("listening",
-              {{"proxy", cfg_->name}, {"addr", listen_addr_}, {"upstream", cfg_->upstream.str()}});
+    int len = sizeof bound_;
+    uv_tcp_getsockname(&listener_, reinterpret_cast<sockaddr*>(&bound_), &len);
+    listen_addr_ = format_addr(reinterpret_cast<const sockaddr*>(&bound_));
     return 0;
 }
 
-void ProxyServer::stop_accepting() {
+void ProxyServer::close_listener() {
     if (!listener_open_ || listener_closing_) return;
     listener_closing_ = true;
     uv_close(reinterpret_cast<uv_handle_t*>(&listener_), on_listener_closed);
+}
+
+void ProxyServer::stop_accepting() {
+    retired_ = true;
+    close_listener();
+    if (clock_open_) uv_close(reinterpret_cast<uv_handle_t*>(&clock_), on_clock_closed);
 }
 
 void ProxyServer::on_listener_closed(uv_handle_t* h) {
@@ -65,6 +81,83 @@ void ProxyServer::on_listener_closed(uv_handle_t* h) {
     self->listener_open_ = false;
     self->listener_closing_ = false;
     if (self->on_idle_) self->on_idle_();
+}
+
+void ProxyServer::on_clock_closed(uv_handle_t* h) {
+    auto* self = static_cast<ProxyServer*>(h->data);
+    self->clock_open_ = false;
+    if (self->on_idle_) self->on_idle_();
+}
+
+// `refuse` and `restart` follow their schedule windows; a 10 ms tick is finer than any window
+// a test or user sets, and only proxies with such rules pay for it.
+void ProxyServer::start_rule_clock() {
+    bool needed = false;
+    for (const auto& r : cfg_->rules) {
+        needed = needed || std::holds_alternative<config::RefuseFault>(r.fault) ||
+                 std::holds_alternative<config::RestartFault>(r.fault);
+    }
+    if (!needed || clock_open_ || retired_) return;
+    uv_timer_init(loop_, &clock_);
+    clock_.data = this;
+    clock_open_ = true;
+    uv_timer_start(&clock_, on_rule_clock, 0, 10);
+}
+
+void ProxyServer::on_rule_clock(uv_timer_t* t) {
+    static_cast<ProxyServer*>(t->data)->on_rule_tick();
+}
+
+void ProxyServer::on_rule_tick() {
+    if (retired_) return;
+    config::Duration now = since_start();
+    bool refuse = false;
+    for (const auto& rule : cfg_->rules) {
+        bool is_refuse = std::holds_alternative<config::RefuseFault>(rule.fault);
+        const auto* restart_fault = std::get_if<config::RestartFault>(&rule.fault);
+        if (!is_refuse && restart_fault == nullptr) continue;
+        WindowState& w = windows_[rule.name];
+        bool window = rule.enabled && (!rule.match.schedule || rule.match.schedule->active_at(now));
+        if (window && !w.window && record_fault(rule)) {
+            w.engaged = true;
+            log::info("fault injected", {{"proxy", cfg_->name},
+                                         {"rule", rule.name},
+                                         {"fault", config::fault_name(rule.fault)},
+                                         {"open_connections", sessions_.size()}});
+            if (restart_fault != nullptr) restart(restart_fault->downtime);
+        }
+        if (!window) w.engaged = false;
+        w.window = window;
+        refuse = refuse || (is_refuse && w.engaged);
+    }
+    refuse = refuse || uv_now(loop_) < restart_until_ms_;
+    if (refuse && listener_open_) {
+        close_listener();
+    } else if (!refuse && !listener_open_) {
+        int err = open_listener();
+        if (err != 0)
+            log::warn("cannot re-open listener, will retry",
+                      {{"proxy", cfg_->name}, {"error", uv_error_string(err)}});
+        else
+            log::info("listener re-opened", {{"proxy", cfg_->name}, {"addr", listen_addr_}});
+    }
+}
+
+void ProxyServer::restart(config::Duration downtime) {
+    log::info("restart", {{"proxy", cfg_->name},
+                          {"open_connections", sessions_.size()},
+                          {"downtime_ms", downtime.count() / 1000}});
+    abort_sessions(true);
+    if (downtime.count() <= 0) return;
+    restart_until_ms_ = uv_now(loop_) + static_cast<uint64_t>((downtime.count() + 999) / 1000);
+    close_listener();
+    // Proxies without refuse/restart rules (an API restart) need the clock to re-open.
+    if (!clock_open_ && !retired_) {
+        uv_timer_init(loop_, &clock_);
+        clock_.data = this;
+        clock_open_ = true;
+        uv_timer_start(&clock_, on_rule_clock, 10, 10);
+    }
 }
 
 void ProxyServer::on_connection(uv_stream_t* listener, int status) {
@@ -92,17 +185,65 @@ void ProxyServer::abort_sessions(bool with_reset) {
 }
 
 void ProxyServer::session_finished(uint64_t id) {
-    sessions_.erase(id);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return;
+    std::vector<std::string> slots = it->second->slots();
+    sessions_.erase(it);
+    if (!slots.empty()) release_slots(slots);
     if (on_idle_) on_idle_();
 }
 
-void ProxyServer::match_rules(Session& s, const sockaddr* client) {
+ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* client) {
     faults::ConnectionFacts facts;
     facts.ordinal = ++ordinal_;
     facts.client = client;
     facts.since_start = since_start();
     for (const auto& rule : cfg_->rules) {
-        if (faults::rule_matches(rule, facts, seed_, fired(rule.name))) s.apply_rule(&rule);
+        if (!faults::rule_matches(rule, facts, seed_, fired(rule.name))) continue;
+        if (std::holds_alternative<config::RefuseFault>(rule.fault) ||
+            std::holds_alternative<config::RestartFault>(rule.fault))
+            continue;  // proxy-wide, driven by the rule clock
+        const auto* cap = std::get_if<config::CapFault>(&rule.fault);
+        if (cap == nullptr) {
+            s.apply_rule(&rule);
+            continue;
+        }
+        CapState& st = caps_[rule.name];
+        if (st.active < cap->max) {
+            ++st.active;
+            s.take_slot(rule.name);
+            continue;
+        }
+        if (!record_fault(rule)) continue;  // limit reached: the cap no longer applies
+        s.log_fault(rule);
+        count_rejected("cap");
+        if (cap->over == config::CapFault::Over::hold) {
+            st.waiting.push_back(s.id());
+            return Admission::hold;
+        }
+        s.reject(cap->over, cap->banner);
+        return Admission::rejected;
+    }
+    return Admission::admit;
+}
+
+void ProxyServer::release_slots(const std::vector<std::string>& rules) {
+    for (const auto& name : rules) {
+        auto it = caps_.find(name);
+        if (it == caps_.end()) continue;
+        CapState& st = it->second;
+        if (st.active > 0) --st.active;
+        // Admit the longest-waiting client that is still there.
+        while (!st.waiting.empty()) {
+            uint64_t id = st.waiting.front();
+            st.waiting.erase(st.waiting.begin());
+            auto sit = sessions_.find(id);
+            if (sit == sessions_.end() || sit->second->ending()) continue;
+            ++st.active;
+            sit->second->take_slot(name);
+            sit->second->admit();
+            break;
+        }
     }
 }
 

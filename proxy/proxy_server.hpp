@@ -3,6 +3,7 @@
 // open ones keep the one they started with.
 #pragma once
 
+#include <sys/socket.h>
 #include <uv.h>
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "config/config.hpp"
 #include "proxy/session.hpp"
@@ -34,7 +36,11 @@ class ProxyServer {
 
     // Binds and listens; returns 0 or a libuv error. Logs the real address on success.
     int listen();
+    // Retires the proxy: closes the listener for good; open sessions finish on their own.
     void stop_accepting();
+    // The crashed-and-restarted server: RST every open connection, refuse new ones for
+    // `downtime` (restart fault, admin API).
+    void restart(config::Duration downtime);
     // Closes every open session (plain close, or RST with `with_reset`).
     void abort_sessions(bool with_reset);
     // Replaces the config used for new connections (same listen address).
@@ -45,8 +51,10 @@ class ProxyServer {
     uv_loop_t* loop() const { return loop_; }
     std::string listen_addr() const { return listen_addr_; }
     size_t active() const { return sessions_.size(); }
-    // True once the listener is closed and no session remains: safe to destroy.
-    bool finished() const { return !listener_open_ && sessions_.empty(); }
+    // True once retired, every handle closed and no session remains: safe to destroy.
+    bool finished() const {
+        return retired_ && !listener_open_ && !clock_open_ && sessions_.empty();
+    }
     const ProxyCounters& counters() const { return counters_; }
 
     // Called whenever a session ends or the listener closes, so the owner can reap.
@@ -55,7 +63,11 @@ class ProxyServer {
     // Rules: matching at accept, and injection counting (for `limit` and metrics).
     void set_seed(uint64_t seed) { seed_ = seed; }
     uint64_t seed() const { return seed_; }
-    void match_rules(Session& s, const sockaddr* client);
+    enum class Admission { admit, hold, rejected };
+    // Applies matching rules to a new session; `cap` rules may hold or reject it.
+    Admission match_rules(Session& s, const sockaddr* client);
+    // A session that held `cap` slots ends: free them and admit who waits.
+    void release_slots(const std::vector<std::string>& rules);
     bool record_fault(const config::Rule& rule);
     uint64_t fired(const std::string& rule) const;
 
@@ -67,15 +79,37 @@ class ProxyServer {
     void count_upstream_error(const std::string& kind) { ++counters_.upstream_errors[kind]; }
 
   private:
+    struct CapState {
+        uint64_t active = 0;
+        std::vector<uint64_t> waiting;  // held session ids, first come first served
+    };
+    struct WindowState {
+        bool window = false;   // enabled and inside its schedule
+        bool engaged = false;  // fired for the current window
+    };
+
+    int open_listener();
+    void close_listener();
+    void start_rule_clock();
+    void on_rule_tick();
     static void on_connection(uv_stream_t* listener, int status);
     static void on_listener_closed(uv_handle_t* h);
+    static void on_rule_clock(uv_timer_t* t);
+    static void on_clock_closed(uv_handle_t* h);
 
     uv_loop_t* loop_;
     std::shared_ptr<const config::Proxy> cfg_;
     uv_tcp_t listener_{};
     bool listener_open_ = false;
     bool listener_closing_ = false;
+    bool retired_ = false;
+    sockaddr_storage bound_{};  // the real address once bound, so a re-open keeps port 0's pick
     std::string listen_addr_;
+    uv_timer_t clock_{};
+    bool clock_open_ = false;
+    uint64_t restart_until_ms_ = 0;
+    std::unordered_map<std::string, CapState> caps_;
+    std::unordered_map<std::string, WindowState> windows_;
     uint64_t next_id_ = 1;
     std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
     ProxyCounters counters_;

@@ -54,10 +54,38 @@ void Session::accept(uv_stream_t* listener) {
     int len = sizeof peer;
     uv_tcp_getpeername(client_.tcp(), reinterpret_cast<sockaddr*>(&peer), &len);
     rng_.seed(server_.seed() ^ (id_ * 0x9e3779b97f4a7c15ULL));
-    server_.match_rules(*this, reinterpret_cast<const sockaddr*>(&peer));
     log::debug("accepted", {{"proxy", cfg_->name}, {"conn", id_}, {"client", client_addr_}});
+    if (server_.match_rules(*this, reinterpret_cast<const sockaddr*>(&peer)) ==
+        ProxyServer::Admission::admit)
+        admit();
+}
+
+void Session::admit() {
     start_timer(cfg_->connect_timeout, on_connect_timeout);
     resolve();
+}
+
+void Session::reject(config::CapFault::Over over, const std::string& banner) {
+    switch (over) {
+        case config::CapFault::Over::reset:
+            closing_ = true;
+            client_.reset();
+            handle_closed();
+            return;
+        case config::CapFault::Over::banner:
+            if (client_.write(banner.data(), banner.size(), nullptr) != 0) {
+                closing_ = true;
+                client_.reset();
+                handle_closed();
+                return;
+            }
+            [[fallthrough]];
+        case config::CapFault::Over::close:
+        case config::CapFault::Over::hold:  // not reached: held sessions are parked instead
+            upstream_failed_ = true;
+            close_client_gently();
+            return;
+    }
 }
 
 void Session::start_timer(config::Duration d, uv_timer_cb cb) {
@@ -197,8 +225,12 @@ void Session::upstream_failed(const char* kind, int err) {
         handle_closed();
         return;
     }
-    // `close`: FIN to the client, then read and drop what it still sends until its FIN, so
-    // the kernel does not answer our close with a RST over unread bytes.
+    close_client_gently();
+}
+
+// FIN to the client, then read and drop what it still sends until its FIN, so the kernel does
+// not answer our close with a RST over unread bytes.
+void Session::close_client_gently() {
     up_.set_mode(Pipe::Mode::drop);
     int e = client_.shutdown_write();
     if (e != 0) {

@@ -46,6 +46,14 @@ class Session {
     // True once a terminal fault or a reset ends the connection: no more bytes move.
     bool ending() const { return closing_ || terminal_; }
 
+    // Admission under `cap`: slots held (released when the session ends), a parked session
+    // admitted later, or a rejection the way the rule says.
+    void take_slot(const std::string& rule) { slots_.push_back(rule); }
+    const std::vector<std::string>& slots() const { return slots_; }
+    void admit();
+    void reject(config::CapFault::Over over, const std::string& banner);
+    void log_fault(const config::Rule& rule);
+
     // Applies the proxy's matching rules to this connection (at accept, or when a rule is
     // added at runtime with `existing`).
     void apply_rule(const config::Rule* rule);
@@ -104,6 +112,7 @@ class Session {
     void connect_next();
     void on_connected();
     void upstream_failed(const char* kind, int err);
+    void close_client_gently();
     void close_all();
     void start_timer(config::Duration d, uv_timer_cb cb);
     void stop_timer();
@@ -131,6 +140,7 @@ class Session {
     int last_connect_err_ = 0;
 
     std::vector<AppliedRule> rules_;
+    std::vector<std::string> slots_;
     std::vector<size_t> pending_fire_;
     int watching_[2] = {0, 0};  // rules whose trigger reads upstream / downstream bytes
     std::mt19937_64 rng_;

@@ -116,13 +116,7 @@ void Session::fire(size_t i) {
     const config::Rule& rule = *r.rule;
     // `limit` counts injections, so two connections racing for the last one cannot both fire.
     if (!server_.record_fault(rule)) return;
-    log::info("fault injected", {{"proxy", cfg_->name},
-                                 {"conn", id_},
-                                 {"client", client_addr_},
-                                 {"rule", rule.name},
-                                 {"fault", config::fault_name(rule.fault)},
-                                 {"bytes_up", up_.bytes()},
-                                 {"bytes_down", down_.bytes()}});
+    log_fault(rule);
     std::visit(overloaded{
                    [&](const config::ResetFault& f) { fault_reset(f.to, f.flush); },
                    [&](const config::CloseFault& f) { fault_close(f.to, f.then); },
@@ -150,6 +144,16 @@ void Session::fire(size_t i) {
                    [&](const config::RestartFault&) {},
                },
                rule.fault);
+}
+
+void Session::log_fault(const config::Rule& rule) {
+    log::info("fault injected", {{"proxy", cfg_->name},
+                                 {"conn", id_},
+                                 {"client", client_addr_},
+                                 {"rule", rule.name},
+                                 {"fault", config::fault_name(rule.fault)},
+                                 {"bytes_up", up_.bytes()},
+                                 {"bytes_down", down_.bytes()}});
 }
 
 void Session::each_pipe(config::Direction d, const std::function<void(Pipe&)>& fn) {
