@@ -358,15 +358,30 @@ void Session::fault_clamp(const config::ClampFault& f) {
     auto apply = [&](Endpoint& e, bool server_side) {
         int fd = tcp_fd(e.tcp());
         if (fd < 0) return;
-        auto set = [&](int level, int opt, uint64_t v) {
+        const char* side = server_side ? "server" : "client";
+        auto set = [&](int level, int opt, uint64_t v, const char* name) {
             int x = static_cast<int>(v);
-            if (setsockopt(fd, level, opt, &x, sizeof x) != 0)
-                log::warn("clamp: setsockopt failed", {{"proxy", cfg_->name}, {"conn", id_}});
+            if (setsockopt(fd, level, opt, &x, sizeof x) != 0) {
+                log::warn("clamp: setsockopt failed",
+                          {{"proxy", cfg_->name}, {"conn", id_}, {"side", side}, {"option", name}});
+                return;
+            }
+            // What the kernel really holds (it doubles SO_*BUF and enforces minimums).
+            int got = 0;
+            socklen_t len = sizeof got;
+            getsockopt(fd, level, opt, &got, &len);
+            log::debug("clamp applied", {{"proxy", cfg_->name},
+                                         {"conn", id_},
+                                         {"side", side},
+                                         {"option", name},
+                                         {"requested", v},
+                                         {"effective", got}});
         };
-        if (f.sndbuf) set(SOL_SOCKET, SO_SNDBUF, *f.sndbuf);
-        if (f.rcvbuf) set(SOL_SOCKET, SO_RCVBUF, *f.rcvbuf);
-        if (f.window) set(IPPROTO_TCP, TCP_WINDOW_CLAMP, *f.window);
-        if (f.mss && server_side) set(IPPROTO_TCP, TCP_MAXSEG, *f.mss);
+        if (f.sndbuf) set(SOL_SOCKET, SO_SNDBUF, *f.sndbuf, "sndbuf");
+        if (f.rcvbuf) set(SOL_SOCKET, SO_RCVBUF, *f.rcvbuf, "rcvbuf");
+        if (f.window) set(IPPROTO_TCP, TCP_WINDOW_CLAMP, *f.window, "window");
+        // The MSS is negotiated in the handshake; on an open socket it caps what we send.
+        if (f.mss && server_side) set(IPPROTO_TCP, TCP_MAXSEG, *f.mss, "mss");
         if (f.read_size) e.set_max_read(*f.read_size);
     };
     if (hits_client(f.side)) apply(client_, false);
