@@ -1,0 +1,279 @@
+"""RST passes through as RST; an unreachable or silent upstream is answered as configured."""
+
+import errno
+import socket
+import threading
+import time
+
+import pytest
+
+from helpers import (
+    LOOPBACK,
+    MiB,
+    connect,
+    free_port,
+    read_outcome,
+    recv_exact,
+    reset_close,
+)
+
+ROUNDS = 4
+
+
+def _ping_pong(c: socket.socket, s: socket.socket) -> None:
+    """Makes sure the connection is relayed end to end before a test breaks it."""
+    c.sendall(b"ping")
+    assert recv_exact(s, 4, timeout=5) == b"ping"
+    s.sendall(b"pong")
+    assert recv_exact(c, 4, timeout=5) == b"pong"
+
+
+@pytest.mark.timeout(30)
+def test_server_reset_reaches_client_as_reset(tcpfault, servers, sockets):
+    srv = servers.tcp()
+    proxy = tcpfault.quick(srv.addr)
+    fds_idle = proxy.fd_count()
+    for i in range(ROUNDS):
+        c = connect(proxy.addr())
+        sockets.append(c)
+        s = srv.wait_accepted(i + 1, timeout=5)
+        _ping_pong(c, s)
+        reset_close(s)
+        outcome, data, took = read_outcome(c, timeout=5)
+        assert outcome == "reset", (
+            f"round {i}: client read after the server's RST: expected ECONNRESET, got {outcome}"
+            f" (data {data[:40]!r}) after {took:.2f}s")
+        assert data == b""
+    proxy.wait_fds_at_most(fds_idle)
+
+
+@pytest.mark.timeout(30)
+def test_client_reset_reaches_server_as_reset(tcpfault, servers, sockets):
+    srv = servers.tcp()
+    proxy = tcpfault.quick(srv.addr)
+    fds_idle = proxy.fd_count()
+    for i in range(ROUNDS):
+        c = connect(proxy.addr())
+        s = srv.wait_accepted(i + 1, timeout=5)
+        sockets.append(s)
+        _ping_pong(c, s)
+        reset_close(c)
+        outcome, data, took = read_outcome(s, timeout=5)
+        assert outcome == "reset", (
+            f"round {i}: server read after the client's RST: expected ECONNRESET, got {outcome}"
+            f" (data {data[:40]!r}) after {took:.2f}s")
+        assert data == b""
+    proxy.wait_fds_at_most(fds_idle)
+
+
+@pytest.mark.timeout(30)
+def test_server_reset_after_data_client_gets_reset(tcpfault, servers, sockets):
+    """Bytes sent before the RST are delivered; then the client's read fails with ECONNRESET
+    and its next write fails too."""
+    srv = servers.tcp()
+    proxy = tcpfault.quick(srv.addr)
+    fds_idle = proxy.fd_count()
+    for i in range(ROUNDS):
+        c = connect(proxy.addr())
+        sockets.append(c)
+        s = srv.wait_accepted(i + 1, timeout=5)
+        _ping_pong(c, s)
+        c.sendall(b"x" * 10_000)
+        assert len(recv_exact(s, 10_000, timeout=5)) == 10_000
+        s.sendall(b"z" * 65_536)
+        assert recv_exact(c, 65_536, timeout=5) == b"z" * 65_536
+        reset_close(s)
+        outcome, data, _ = read_outcome(c, timeout=5)
+        assert outcome == "reset", f"round {i}: expected ECONNRESET, got {outcome} {data[:40]!r}"
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            c.send(b"y" * 1000)
+    proxy.wait_fds_at_most(fds_idle)
+
+
+class Streamer(threading.Thread):
+    """Sends on a socket until a send fails; records the error and when it happened."""
+
+    def __init__(self, sock):
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.sent = 0
+        self.error = None
+        self.failed_at = None
+        self.done = threading.Event()
+
+    def run(self):
+        block = b"s" * 65536
+        try:
+            self.sock.settimeout(20)
+            while True:
+                self.sent += self.sock.send(block)
+        except OSError as e:
+            self.error = e
+            self.failed_at = time.monotonic()
+        finally:
+            self.done.set()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("who_resets", ["client", "server"])
+def test_reset_while_other_side_streams(tcpfault, servers, sockets, who_resets):
+    """One side streams into the proxy while the other side, which is not reading, resets:
+    the proxy must not keep waiting to flush its queued bytes; the streaming side's sends
+    fail (ECONNRESET/EPIPE) promptly."""
+    srv = servers.tcp()
+    proxy = tcpfault.quick(srv.addr)
+    fds_idle = proxy.fd_count()
+    for i in range(2):
+        c = connect(proxy.addr())
+        s = srv.wait_accepted(i + 1, timeout=5)
+        _ping_pong(c, s)
+        streaming, resetting = (s, c) if who_resets == "client" else (c, s)
+        sockets.append(streaming)
+        st = Streamer(streaming)
+        st.start()
+        # Let data pile up in the proxy (the resetting side does not read).
+        deadline = time.monotonic() + 5
+        while st.sent < 4 * MiB and not st.done.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling a counter
+        assert not st.done.is_set(), f"round {i}: streaming failed early: {st.error!r}"
+        t_reset = time.monotonic()
+        reset_close(resetting)
+        assert st.done.wait(5), (
+            f"round {i}: the {who_resets} reset, but the other side could still send 5s later "
+            f"({st.sent} bytes sent in total)")
+        assert isinstance(st.error, (ConnectionResetError, BrokenPipeError)), \
+            f"round {i}: streaming side's send failed with {st.error!r}"
+        assert st.failed_at - t_reset < 2.0
+    proxy.wait_fds_at_most(fds_idle)
+
+
+def _down_port() -> int:
+    return free_port(LOOPBACK)
+
+
+def _connect_and_read(addr, sockets, timeout: float = 5.0) -> tuple[str, bytes]:
+    """Connects, reads until EOF/error, closes. The proxy may answer so fast that the RST
+    arrives before the client's connect() returned; that is a reset as well."""
+    try:
+        c = connect(addr)
+    except ConnectionResetError:
+        return "reset", b""
+    sockets.append(c)
+    outcome, data, _ = read_outcome(c, timeout=timeout)
+    c.close()  # the client is done: the proxy need not linger on its half of the connection
+    return outcome, data
+
+
+@pytest.mark.timeout(30)
+def test_upstream_refused_default_resets_client(tcpfault, sockets):
+    proxy = tcpfault.quick(f"{LOOPBACK}:{_down_port()}")
+    fds_idle = proxy.fd_count()
+    for i in range(ROUNDS):
+        t0 = time.monotonic()
+        outcome, data = _connect_and_read(proxy.addr(), sockets)
+        took = time.monotonic() - t0
+        assert outcome == "reset", \
+            f"round {i}: upstream refused: client expected ECONNRESET, got {outcome} {data[:40]!r}"
+        assert took < 2.0, f"round {i}: RST took {took:.2f}s, expected < 2s"
+    assert proxy.running(), "the proxy must survive an unreachable upstream"
+    proxy.wait_fds_at_most(fds_idle)
+
+
+@pytest.mark.timeout(30)
+def test_upstream_refused_reset_configured_explicitly(tcpfault, sockets):
+    proxy = tcpfault.from_proxies([{
+        "name": "main", "listen": f"{LOOPBACK}:0", "upstream": f"{LOOPBACK}:{_down_port()}",
+        "on_upstream_error": "reset"}])
+    t0 = time.monotonic()
+    outcome, data = _connect_and_read(proxy.addr(), sockets)
+    took = time.monotonic() - t0
+    assert outcome == "reset", f"expected ECONNRESET, got {outcome} {data[:40]!r}"
+    assert took < 2.0
+
+
+@pytest.mark.timeout(30)
+def test_upstream_refused_close_gives_client_eof(tcpfault, sockets):
+    proxy = tcpfault.from_proxies([{
+        "name": "main", "listen": f"{LOOPBACK}:0", "upstream": f"{LOOPBACK}:{_down_port()}",
+        "on_upstream_error": "close"}])
+    fds_idle = proxy.fd_count()
+    for i in range(ROUNDS):
+        t0 = time.monotonic()
+        outcome, data = _connect_and_read(proxy.addr(), sockets)
+        took = time.monotonic() - t0
+        assert (outcome, data) == ("eof", b""), \
+            f"round {i}: on_upstream_error close: client expected EOF, got {outcome} {data[:40]!r}"
+        assert took < 2.0, f"round {i}: EOF took {took:.2f}s, expected < 2s"
+    proxy.wait_fds_at_most(fds_idle)
+
+
+class Blackhole:
+    """A listener with a full accept queue that never accepts: further SYNs are dropped, so
+    connecting to it hangs (like a firewall that drops packets)."""
+
+    def __init__(self):
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind((LOOPBACK, 0))
+        self.lsock.listen(0)
+        self.port = self.lsock.getsockname()[1]
+        self.fillers: list[socket.socket] = []
+
+    def fill(self) -> bool:
+        """Connects directly until a connect does not complete within 300ms."""
+        for _ in range(8):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            self.fillers.append(s)
+            rc = s.connect_ex((LOOPBACK, self.port))
+            if rc not in (0, errno.EINPROGRESS):
+                return False
+            if rc == errno.EINPROGRESS:
+                import select
+                _, w, _ = select.select([], [s], [], 0.3)
+                if not w:
+                    return True  # this connect hangs: the queue is full, SYNs are dropped
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+                    return False
+        return False
+
+    def close(self):
+        for s in self.fillers:
+            s.close()
+        self.lsock.close()
+
+
+@pytest.fixture
+def blackhole():
+    b = Blackhole()
+    yield b
+    b.close()
+
+
+@pytest.mark.timeout(30)
+def test_upstream_connect_timeout_resets_client(tcpfault, sockets, blackhole):
+    if not blackhole.fill():
+        pytest.skip("the kernel completes connects to a full listen(0) queue: no blackhole")
+    proxy = tcpfault.from_proxies([{
+        "name": "main", "listen": f"{LOOPBACK}:0", "upstream": f"{LOOPBACK}:{blackhole.port}",
+        "connect_timeout": "1s"}])
+    t0 = time.monotonic()
+    outcome, data = _connect_and_read(proxy.addr(), sockets)
+    took = time.monotonic() - t0
+    assert outcome == "reset", f"connect timeout: client expected ECONNRESET, got {outcome}" \
+                               f" {data[:40]!r} after {took:.2f}s"
+    assert 0.9 <= took <= 2.0, f"answered after {took:.2f}s, expected connect_timeout 1s (+1s)"
+
+
+@pytest.mark.timeout(30)
+def test_upstream_connect_timeout_close_gives_eof(tcpfault, sockets, blackhole):
+    if not blackhole.fill():
+        pytest.skip("the kernel completes connects to a full listen(0) queue: no blackhole")
+    proxy = tcpfault.from_proxies([{
+        "name": "main", "listen": f"{LOOPBACK}:0", "upstream": f"{LOOPBACK}:{blackhole.port}",
+        "connect_timeout": "1s", "on_upstream_error": "close"}])
+    t0 = time.monotonic()
+    outcome, data = _connect_and_read(proxy.addr(), sockets)
+    took = time.monotonic() - t0
+    assert (outcome, data) == ("eof", b""), \
+        f"connect timeout with close: client expected EOF, got {outcome} after {took:.2f}s"
+    assert 0.9 <= took <= 2.0, f"answered after {took:.2f}s, expected connect_timeout 1s (+1s)"
