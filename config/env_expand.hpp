@@ -42,6 +42,7 @@ private:
 EnvExpansion expand_env(std::string_view text, EnvLookup env);
 
 // Byte offset -> 1-based line and column (columns count UTF-8 characters, as editors do).
+// Keeps a view: the text must outlive the index.
 class LineIndex {
 public:
     explicit LineIndex(std::string_view text);

@@ -44,7 +44,10 @@ class ProxyServer {
     // Closes every open session (plain close, or RST with `with_reset`).
     void abort_sessions(bool with_reset);
     // Replaces the config used for new connections (same listen address).
-    void update_config(std::shared_ptr<const config::Proxy> cfg) { cfg_ = std::move(cfg); }
+    void update_config(std::shared_ptr<const config::Proxy> cfg) {
+        cfg_ = std::move(cfg);
+        start_rule_clock();  // the new rules may include refuse/restart
+    }
 
     const config::Proxy& config() const { return *cfg_; }
     const std::string& name() const { return cfg_->name; }
