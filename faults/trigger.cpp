@@ -64,6 +64,12 @@ bool Trigger::counting_done() const {
     return time_ok_ && (!after_bytes_ || counted_ >= *after_bytes_);
 }
 
+void Trigger::catch_up(uint64_t bytes_so_far, config::Duration elapsed) {
+    if (phase_ != Phase::counting) return;
+    counted_ = bytes_so_far;
+    if (has_after_) after_ = elapsed >= after_ ? config::Duration{0} : after_ - elapsed;
+}
+
 bool Trigger::start() {
     if (phase_ == Phase::counting && has_after_ && after_.count() > 0) {
         time_ok_ = false;

@@ -65,6 +65,11 @@ class Trigger {
     config::Duration time_needed() const { return after_; }
     void timer_armed() { want_timer_ = false; }
 
+    // A rule added to an open connection counts from the connection's start: call before
+    // start() with what already happened, so a threshold already passed fires at once.
+    // (`data`/`line` can only match bytes still to come.)
+    void catch_up(uint64_t bytes_so_far, config::Duration elapsed);
+
     // Evaluate at start-up: fires immediately when there is nothing to wait for.
     bool start();
 

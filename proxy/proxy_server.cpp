@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include <algorithm>
 #include <vector>
 
 #include "faults/rule_matcher.hpp"
@@ -196,6 +197,7 @@ void ProxyServer::session_finished(uint64_t id) {
 ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* client) {
     faults::ConnectionFacts facts;
     facts.ordinal = ++ordinal_;
+    s.set_ordinal(facts.ordinal);
     facts.client = client;
     facts.since_start = since_start();
     for (const auto& rule : cfg_->rules) {
@@ -225,6 +227,37 @@ ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* clie
         return Admission::rejected;
     }
     return Admission::admit;
+}
+
+void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg) {
+    std::shared_ptr<const config::Proxy> old = std::move(cfg_);
+    cfg_ = std::move(cfg);
+    start_rule_clock();  // the new rules may include refuse/restart
+    // Rules that are new, or newly enabled, also hit open connections (`existing`).
+    for (const auto& rule : cfg_->rules) {
+        if (!rule.match.existing || !rule.enabled) continue;
+        auto was = std::find_if(old->rules.begin(), old->rules.end(),
+                                [&](const config::Rule& r) { return r.name == rule.name; });
+        if (was != old->rules.end() && was->enabled) continue;
+        apply_to_open_sessions(rule);
+    }
+}
+
+void ProxyServer::apply_to_open_sessions(const config::Rule& rule) {
+    if (std::holds_alternative<config::CapFault>(rule.fault) ||
+        std::holds_alternative<config::RefuseFault>(rule.fault) ||
+        std::holds_alternative<config::RestartFault>(rule.fault))
+        return;  // proxy-wide: they act on new connections and the listener
+    config::Duration now = since_start();
+    for (auto& [id, s] : sessions_) {
+        if (s->ending()) continue;
+        faults::ConnectionFacts facts;
+        facts.ordinal = s->ordinal();
+        facts.client = s->peer();
+        facts.since_start = now;
+        if (faults::rule_matches(rule, facts, seed_, fired(rule.name)))
+            s->apply_runtime_rule(&rule, cfg_);
+    }
 }
 
 void ProxyServer::release_slots(const std::vector<std::string>& rules) {

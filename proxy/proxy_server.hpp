@@ -44,10 +44,10 @@ class ProxyServer {
     // Closes every open session (plain close, or RST with `with_reset`).
     void abort_sessions(bool with_reset);
     // Replaces the config used for new connections (same listen address).
-    void update_config(std::shared_ptr<const config::Proxy> cfg) {
-        cfg_ = std::move(cfg);
-        start_rule_clock();  // the new rules may include refuse/restart
-    }
+    // Rules new or newly enabled in it also apply to open connections (`existing`).
+    void update_config(std::shared_ptr<const config::Proxy> cfg);
+    // Applies one rule to every open connection it matches.
+    void apply_to_open_sessions(const config::Rule& rule);
 
     const config::Proxy& config() const { return *cfg_; }
     const std::string& name() const { return cfg_->name; }

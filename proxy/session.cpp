@@ -50,14 +50,11 @@ void Session::accept(uv_stream_t* listener) {
     }
     uv_tcp_nodelay(client_.tcp(), 1);
     client_addr_ = peer_name(client_.tcp());
-    sockaddr_storage peer{};
-    int len = sizeof peer;
-    uv_tcp_getpeername(client_.tcp(), reinterpret_cast<sockaddr*>(&peer), &len);
+    int len = sizeof peer_;
+    uv_tcp_getpeername(client_.tcp(), reinterpret_cast<sockaddr*>(&peer_), &len);
     rng_.seed(server_.seed() ^ (id_ * 0x9e3779b97f4a7c15ULL));
     log::debug("accepted", {{"proxy", cfg_->name}, {"conn", id_}, {"client", client_addr_}});
-    if (server_.match_rules(*this, reinterpret_cast<const sockaddr*>(&peer)) ==
-        ProxyServer::Admission::admit)
-        admit();
+    if (server_.match_rules(*this, peer()) == ProxyServer::Admission::admit) admit();
 }
 
 void Session::admit() {

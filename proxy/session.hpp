@@ -57,6 +57,12 @@ class Session {
     // Applies the proxy's matching rules to this connection (at accept, or when a rule is
     // added at runtime with `existing`).
     void apply_rule(const config::Rule* rule);
+    // Same for a rule that appeared while the connection was open; `snapshot` owns the rule.
+    void apply_runtime_rule(const config::Rule* rule,
+                            std::shared_ptr<const config::Proxy> snapshot);
+    uint64_t ordinal() const { return ordinal_; }
+    const sockaddr* peer() const { return reinterpret_cast<const sockaddr*>(&peer_); }
+    void set_ordinal(uint64_t n) { ordinal_ = n; }
 
     // Trigger scanning for a pipe: where in [p, p+n) the next fault fires or the stream holds.
     struct ScanResult {
@@ -141,6 +147,10 @@ class Session {
 
     std::vector<AppliedRule> rules_;
     std::vector<std::string> slots_;
+    // Config snapshots owning rules applied at runtime (reload, API) beyond cfg_.
+    std::vector<std::shared_ptr<const config::Proxy>> keep_alive_;
+    uint64_t ordinal_ = 0;
+    sockaddr_storage peer_{};
     std::vector<size_t> pending_fire_;
     int watching_[2] = {0, 0};  // rules whose trigger reads upstream / downstream bytes
     std::mt19937_64 rng_;

@@ -56,6 +56,26 @@ void Session::apply_rule(const config::Rule* rule) {
     }
 }
 
+void Session::apply_runtime_rule(const config::Rule* rule,
+                                 std::shared_ptr<const config::Proxy> snapshot) {
+    if (ending()) return;
+    if (snapshot != cfg_ &&
+        std::find(keep_alive_.begin(), keep_alive_.end(), snapshot) == keep_alive_.end())
+        keep_alive_.push_back(std::move(snapshot));
+    rules_.push_back(AppliedRule{rule, faults::Trigger(rule->when ? &*rule->when : nullptr)});
+    recount_watchers();
+    if (!connected_) return;  // still connecting: starts with the others in start_rules()
+    size_t i = rules_.size() - 1;
+    uint64_t seen = rule->when && rule->when->direction == config::Direction::downstream
+                        ? down_.bytes()
+                        : up_.bytes();
+    auto age = std::chrono::milliseconds(uv_now(loop()) - started_ms_);
+    rules_[i].trigger.catch_up(seen, age);
+    if (rules_[i].trigger.start()) fire(i);
+    arm_rule_timers();
+    recount_watchers();
+}
+
 void Session::start_rules() {
     for (size_t i = 0; i < rules_.size() && !ending(); ++i)
         if (rules_[i].trigger.start()) fire(i);

@@ -140,3 +140,26 @@ TEST_CASE("only `after`: the timer alone fires") {
     CHECK_FALSE(t.watches(config::Direction::upstream));
     CHECK(t.time_reached());
 }
+
+TEST_CASE("a rule added mid-connection counts from the connection's start") {
+    config::When w = when_bytes(1000);
+    Trigger passed(&w);
+    passed.catch_up(5000, std::chrono::seconds(1));
+    CHECK(passed.start());  // threshold already passed: fires at once
+
+    Trigger pending(&w);
+    pending.catch_up(400, std::chrono::seconds(1));
+    CHECK_FALSE(pending.start());
+    std::string s(1000, 'z');
+    auto step = pending.feed(s.data(), s.size());
+    CHECK(step.fire);
+    CHECK(step.pass == 600);
+
+    config::When t;
+    t.after = std::chrono::seconds(3);
+    Trigger timed(&t);
+    timed.catch_up(0, std::chrono::seconds(1));
+    CHECK_FALSE(timed.start());
+    CHECK(timed.wants_timer());
+    CHECK(timed.time_needed() == std::chrono::seconds(2));
+}
