@@ -131,6 +131,7 @@ std::string App::apply(const config::Config& cfg) {
         if (it != running.end() && same_listen(it->second->config(), p)) continue;
         auto server = std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p));
         server->set_seed(seed_);
+        server->set_metrics(&metrics_);
         int e = server->listen();
         if (e != 0) {
             error = "proxy " + p.name + ": cannot listen on " + p.listen.str() + ": " +
@@ -184,26 +185,25 @@ std::string App::apply(const config::Config& cfg) {
     return "";
 }
 
-void App::reload() {
-    if (stopping_) return;
+std::string App::reload() {
+    if (stopping_) return "shutting down";
     if (opts_.listen) {
         log::warn("reload ignored: running without a config file");
-        return;
+        return "running without a config file (-l/-u): nothing to reload";
     }
     config::LoadResult r = load();
-    if (!r.config) {
-        log::error("reload failed",
-                   {{"file", opts_.config_path}, {"error", join_errors(r.errors)}});
-        return;
-    }
-    std::string err = apply(*r.config);
+    std::string err = r.config ? apply(*r.config) : join_errors(r.errors);
     if (!err.empty()) {
+        // The running config stays as it was: apply() binds before it changes anything.
+        metrics_.reload(false);
         log::error("reload failed", {{"file", opts_.config_path}, {"error", err}});
-        return;
+        return err;
     }
+    metrics_.reload(true);
     cfg_ = std::move(*r.config);
     log::configure(cfg_.log.level, cfg_.log.format);
     log::info("reloaded", {{"file", opts_.config_path}, {"proxies", servers_.size()}});
+    return "";
 }
 
 void App::on_signal(uv_signal_t* h, int signum) {

@@ -9,6 +9,7 @@
 
 #include "config/config.hpp"
 #include "proxy/cli.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/proxy_server.hpp"
 
 namespace tcpfault {
@@ -29,7 +30,8 @@ class App {
     // Makes the running set of proxies match `cfg`. New listeners are bound before anything
     // running is touched, so a failure leaves the old set intact. Returns "" or the error.
     std::string apply(const config::Config& cfg);
-    void reload();
+    // Re-reads the file; returns "" or why the running config was kept.
+    std::string reload();
     void begin_shutdown(const char* why);
     void check_shutdown_done();
     void schedule_reap();
@@ -42,6 +44,7 @@ class App {
     Options opts_;
     uv_loop_t loop_{};
     config::Config cfg_;
+    Metrics metrics_;
     std::vector<std::unique_ptr<ProxyServer>> servers_;
     // Proxies removed or re-bound by a reload, finishing their open sessions.
     std::vector<std::unique_ptr<ProxyServer>> retiring_;

@@ -172,6 +172,7 @@ void ProxyServer::on_connection(uv_stream_t* listener, int status) {
     }
     uint64_t id = ++g_session_ids;
     ++self->counters_.connections;
+    if (self->metrics_ != nullptr) self->metrics_->connection_opened(self->name());
     auto session = std::make_unique<Session>(*self, id, self->cfg_);
     Session* s = session.get();
     self->sessions_.emplace(id, std::move(session));
@@ -189,6 +190,9 @@ void ProxyServer::session_finished(uint64_t id) {
     auto it = sessions_.find(id);
     if (it == sessions_.end()) return;
     std::vector<std::string> slots = it->second->slots();
+    if (metrics_ != nullptr)
+        metrics_->connection_closed(
+            name(), static_cast<double>(uv_now(loop_) - it->second->started_ms()) / 1000.0);
     sessions_.erase(it);
     if (!slots.empty()) release_slots(slots);
     if (on_idle_) on_idle_();
@@ -232,7 +236,8 @@ ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* clie
 void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg) {
     std::shared_ptr<const config::Proxy> old = std::move(cfg_);
     cfg_ = std::move(cfg);
-    start_rule_clock();  // the new rules may include refuse/restart
+    set_metrics(metrics_);  // declares series for new rules
+    start_rule_clock();     // the new rules may include refuse/restart
     // Rules that are new, or newly enabled, also hit open connections (`existing`).
     for (const auto& rule : cfg_->rules) {
         if (!rule.match.existing || !rule.enabled) continue;
@@ -284,7 +289,41 @@ bool ProxyServer::record_fault(const config::Rule& rule) {
     uint64_t& n = fired_[rule.name];
     if (rule.match.limit && n >= *rule.match.limit) return false;
     ++n;
+    if (metrics_ != nullptr) metrics_->fault(name(), rule.name, config::fault_name(rule.fault));
     return true;
+}
+
+void ProxyServer::count_rejected(const char* reason) {
+    ++counters_.rejected[reason];
+    if (metrics_ != nullptr) metrics_->rejected(name(), reason);
+}
+
+void ProxyServer::count_upstream_error(const char* kind) {
+    ++counters_.upstream_errors[kind];
+    if (metrics_ != nullptr) metrics_->upstream_error(name(), kind);
+}
+
+void ProxyServer::set_metrics(Metrics* m) {
+    metrics_ = m;
+    if (metrics_ == nullptr) return;
+    metrics_->declare_proxy(name());
+    for (const auto& r : cfg_->rules)
+        metrics_->declare_rule(name(), r.name, config::fault_name(r.fault));
+}
+
+void ProxyServer::sync_metrics() {
+    if (metrics_ == nullptr) return;
+    metrics_->bytes(name(), "upstream", counters_.bytes_up - synced_up_);
+    metrics_->bytes(name(), "downstream", counters_.bytes_down - synced_down_);
+    synced_up_ = counters_.bytes_up;
+    synced_down_ = counters_.bytes_down;
+    if (retired_) return;  // a retiring instance's successor reports the live values
+    metrics_->set_active(name(), static_cast<double>(sessions_.size()));
+    config::Duration now = since_start();
+    for (const auto& r : cfg_->rules) {
+        bool active = faults::rule_active(r, now, fired(r.name));
+        metrics_->set_rule_active(name(), r.name, active);
+    }
 }
 
 uint64_t ProxyServer::fired(const std::string& rule) const {

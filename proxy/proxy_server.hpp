@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "proxy/metrics.hpp"
 #include "proxy/session.hpp"
 
 namespace tcpfault {
@@ -78,8 +79,12 @@ class ProxyServer {
     void session_finished(uint64_t id);
     void count_bytes(config::Direction dir, size_t n);
     void count_connected() { ++counters_.connected; }
-    void count_rejected(const std::string& reason) { ++counters_.rejected[reason]; }
-    void count_upstream_error(const std::string& kind) { ++counters_.upstream_errors[kind]; }
+    void count_rejected(const char* reason);
+    void count_upstream_error(const char* kind);
+
+    // Metrics: series declared for this proxy and its rules; scrape-time values folded in.
+    void set_metrics(Metrics* m);
+    void sync_metrics();
 
   private:
     struct CapState {
@@ -118,6 +123,9 @@ class ProxyServer {
     ProxyCounters counters_;
     uint64_t seed_ = 0;
     uint64_t ordinal_ = 0;
+    Metrics* metrics_ = nullptr;
+    uint64_t synced_up_ = 0;  // bytes already added to the Prometheus counters
+    uint64_t synced_down_ = 0;
     std::unordered_map<std::string, uint64_t> fired_;  // per rule name
     std::function<void()> on_idle_;
 };

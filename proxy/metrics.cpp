@@ -1,0 +1,120 @@
+#include "proxy/metrics.hpp"
+
+#include <prometheus/text_serializer.h>
+
+#include <sstream>
+
+namespace tcpfault {
+
+namespace {
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+
+// Connection lifetimes in a fault proxy span from a refused connect to a long soak.
+const prometheus::Histogram::BucketBoundaries kDurationBuckets = {
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800};
+}  // namespace
+
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      connections_(BuildCounter()
+                       .Name("tcpfault_connections_total")
+                       .Help("Client connections accepted")
+                       .Register(*registry_)),
+      active_(BuildGauge()
+                  .Name("tcpfault_connections_active")
+                  .Help("Client connections open now")
+                  .Register(*registry_)),
+      rejected_(BuildCounter()
+                    .Name("tcpfault_connections_rejected_total")
+                    .Help("Client connections not proxied, by reason")
+                    .Register(*registry_)),
+      upstream_errors_(BuildCounter()
+                           .Name("tcpfault_upstream_errors_total")
+                           .Help("Failed upstream connects, by error")
+                           .Register(*registry_)),
+      bytes_(BuildCounter()
+                 .Name("tcpfault_bytes_total")
+                 .Help("Bytes received from each side (upstream: client to server)")
+                 .Register(*registry_)),
+      faults_(BuildCounter()
+                  .Name("tcpfault_faults_total")
+                  .Help("Faults injected, by rule")
+                  .Register(*registry_)),
+      rule_active_(BuildGauge()
+                       .Name("tcpfault_rule_active")
+                       .Help("1 while the rule is enabled and inside its schedule")
+                       .Register(*registry_)),
+      duration_(BuildHistogram()
+                    .Name("tcpfault_connection_duration_seconds")
+                    .Help("Lifetime of proxied connections")
+                    .Register(*registry_)),
+      reloads_(BuildCounter()
+                   .Name("tcpfault_config_reloads_total")
+                   .Help("Configuration reloads, by result")
+                   .Register(*registry_)) {
+    reloads_.Add({{"result", "ok"}});
+    reloads_.Add({{"result", "error"}});
+}
+
+void Metrics::declare_proxy(const std::string& proxy) {
+    connections_.Add({{"proxy", proxy}});
+    active_.Add({{"proxy", proxy}});
+    for (const char* r : kRejectReasons) rejected_.Add({{"proxy", proxy}, {"reason", r}});
+    for (const char* e : kUpstreamErrors) upstream_errors_.Add({{"proxy", proxy}, {"error", e}});
+    bytes_.Add({{"proxy", proxy}, {"direction", "upstream"}});
+    bytes_.Add({{"proxy", proxy}, {"direction", "downstream"}});
+    duration_.Add({{"proxy", proxy}}, kDurationBuckets);
+}
+
+void Metrics::declare_rule(const std::string& proxy, const std::string& rule, const char* fault) {
+    faults_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}});
+    rule_active_.Add({{"proxy", proxy}, {"rule", rule}});
+}
+
+void Metrics::connection_opened(const std::string& proxy) {
+    connections_.Add({{"proxy", proxy}}).Increment();
+}
+
+void Metrics::connection_closed(const std::string& proxy, double seconds) {
+    duration_.Add({{"proxy", proxy}}, kDurationBuckets).Observe(seconds);
+}
+
+void Metrics::rejected(const std::string& proxy, const char* reason) {
+    rejected_.Add({{"proxy", proxy}, {"reason", reason}}).Increment();
+}
+
+void Metrics::upstream_error(const std::string& proxy, const std::string& kind) {
+    upstream_errors_.Add({{"proxy", proxy}, {"error", kind}}).Increment();
+}
+
+void Metrics::fault(const std::string& proxy, const std::string& rule, const char* fault) {
+    faults_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}}).Increment();
+}
+
+void Metrics::bytes(const std::string& proxy, const char* direction, uint64_t delta) {
+    if (delta > 0)
+        bytes_.Add({{"proxy", proxy}, {"direction", direction}})
+            .Increment(static_cast<double>(delta));
+}
+
+void Metrics::set_active(const std::string& proxy, double n) {
+    active_.Add({{"proxy", proxy}}).Set(n);
+}
+
+void Metrics::set_rule_active(const std::string& proxy, const std::string& rule, bool active) {
+    rule_active_.Add({{"proxy", proxy}, {"rule", rule}}).Set(active ? 1 : 0);
+}
+
+void Metrics::reload(bool ok) {
+    reloads_.Add({{"result", ok ? "ok" : "error"}}).Increment();
+}
+
+std::string Metrics::render() const {
+    std::ostringstream out;
+    prometheus::TextSerializer{}.Serialize(out, registry_->Collect());
+    return out.str();
+}
+
+}  // namespace tcpfault

@@ -1,0 +1,55 @@
+// Prometheus metrics (SPEC section 4) on prometheus-cpp's registry, rendered as text on the
+// event loop by the admin HTTP server. Hot counters (bytes) stay plain integers in
+// ProxyServer and are folded in at scrape time; rare events increment directly.
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <memory>
+#include <string>
+
+namespace tcpfault {
+
+class Metrics {
+  public:
+    Metrics();
+
+    // Series every proxy shows from its start, so a scrape lists all labels with 0 values.
+    void declare_proxy(const std::string& proxy);
+    void declare_rule(const std::string& proxy, const std::string& rule, const char* fault);
+
+    void connection_opened(const std::string& proxy);
+    void connection_closed(const std::string& proxy, double seconds);
+    void rejected(const std::string& proxy, const char* reason);
+    void upstream_error(const std::string& proxy, const std::string& kind);
+    void fault(const std::string& proxy, const std::string& rule, const char* fault);
+    void bytes(const std::string& proxy, const char* direction, uint64_t delta);
+    void set_active(const std::string& proxy, double n);
+    void set_rule_active(const std::string& proxy, const std::string& rule, bool active);
+    void reload(bool ok);
+
+    std::string render() const;
+
+    static constexpr const char* kRejectReasons[] = {"cap", "refuse", "upstream_error",
+                                                     "accept_error"};
+    static constexpr const char* kUpstreamErrors[] = {"refused", "timeout", "reset", "dns",
+                                                      "other"};
+
+  private:
+    std::shared_ptr<prometheus::Registry> registry_;
+    prometheus::Family<prometheus::Counter>& connections_;
+    prometheus::Family<prometheus::Gauge>& active_;
+    prometheus::Family<prometheus::Counter>& rejected_;
+    prometheus::Family<prometheus::Counter>& upstream_errors_;
+    prometheus::Family<prometheus::Counter>& bytes_;
+    prometheus::Family<prometheus::Counter>& faults_;
+    prometheus::Family<prometheus::Gauge>& rule_active_;
+    prometheus::Family<prometheus::Histogram>& duration_;
+    prometheus::Family<prometheus::Counter>& reloads_;
+};
+
+}  // namespace tcpfault
