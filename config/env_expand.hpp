@@ -23,13 +23,13 @@ struct EnvError {
 };
 
 class EnvExpansion {
-public:
+  public:
     std::string text;
     std::vector<EnvError> errors;
 
     size_t original_offset(size_t expanded_offset) const;
 
-private:
+  private:
     friend EnvExpansion expand_env(std::string_view, EnvLookup);
     struct Segment {
         size_t expanded;
@@ -44,13 +44,19 @@ EnvExpansion expand_env(std::string_view text, EnvLookup env);
 // Byte offset -> 1-based line and column (columns count UTF-8 characters, as editors do).
 // Keeps a view: the text must outlive the index.
 class LineIndex {
-public:
+  public:
     explicit LineIndex(std::string_view text);
     Position at(size_t offset) const;
 
-private:
+  private:
+    size_t continuation_bytes_before(size_t offset) const;
+
     std::string_view text_;
     std::vector<size_t> line_starts_;
+    // UTF-8 continuation bytes before each multiple of kStride: keeps a column lookup on a
+    // megabyte-long line (minified JSON, huge flow sequences) from rescanning the line.
+    static constexpr size_t kStride = 256;
+    std::vector<size_t> continuation_checkpoints_;
 };
 
 }  // namespace tcpfault::config

@@ -44,7 +44,9 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_digit(char c) {
+    return c >= '0' && c <= '9';
+}
 
 bool iequals(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) return false;
@@ -149,8 +151,7 @@ std::optional<uint64_t> size_core(std::string_view text, std::string& why) {
         if (iequals(u.name, unit)) found_unit = &u;
     }
     if (found_unit == nullptr) {
-        if (iequals(unit, "K") || iequals(unit, "M") || iequals(unit, "G") ||
-            iequals(unit, "T")) {
+        if (iequals(unit, "K") || iequals(unit, "M") || iequals(unit, "G") || iequals(unit, "T")) {
             std::string_view whole = trim(text);
             std::string n(trim(whole.substr(0, whole.size() - unit.size())));
             char letter = static_cast<char>(std::toupper(static_cast<unsigned char>(unit[0])));
@@ -180,10 +181,11 @@ struct DurationUnit {
     std::string_view name;
     int64_t micros;
 };
+// `µs` is accepted spelled with the micro sign and with the Greek mu: keyboards produce either.
 constexpr DurationUnit kDurationUnits[] = {
     {"us", 1},
-    {"\xc2\xb5s", 1},  // micro sign
-    {"\xce\xbcs", 1},  // Greek mu
+    {"\xc2\xb5s", 1},
+    {"\xce\xbcs", 1},
     {"ms", 1000},
     {"s", 1000 * 1000},
     {"m", 60ll * 1000 * 1000},
@@ -202,7 +204,8 @@ Parsed<Duration> parse_duration(std::string_view text) {
     using P = Parsed<Duration>;
     std::string_view s = trim(text);
     if (s.empty()) return P::fail(found(kDurationExpect, text, "empty"));
-    if (s.front() == '-') return P::fail(found(kDurationExpect, text, "durations cannot be negative"));
+    if (s.front() == '-')
+        return P::fail(found(kDurationExpect, text, "durations cannot be negative"));
     u128 total = 0;
     bool first = true;
     while (!s.empty()) {
@@ -222,9 +225,9 @@ Parsed<Duration> parse_duration(std::string_view text) {
             if (u.name == unit) du = &u;
         }
         if (du == nullptr) {
-            return P::fail(found(kDurationExpect, text,
-                                 "unknown unit \"" + std::string(unit) +
-                                     "\"; use us, ms, s, m or h"));
+            return P::fail(
+                found(kDurationExpect, text,
+                      "unknown unit \"" + std::string(unit) + "\"; use us, ms, s, m or h"));
         }
         u128 scaled = num->mantissa * static_cast<u128>(du->micros);
         u128 div = pow10(num->scale);
@@ -276,8 +279,8 @@ Parsed<Cidr> parse_cidr(std::string_view text) {
     if (prefix_text) {
         std::string_view p = *prefix_text;
         if (p.empty() || p.size() > 3) {
-            return P::fail(found(kCidrExpect, text,
-                                 "prefix length must be 0-" + std::to_string(max_prefix)));
+            return P::fail(
+                found(kCidrExpect, text, "prefix length must be 0-" + std::to_string(max_prefix)));
         }
         int v = 0;
         for (char ch : p) {
@@ -288,8 +291,8 @@ Parsed<Cidr> parse_cidr(std::string_view text) {
             v = v * 10 + (ch - '0');
         }
         if (v > max_prefix) {
-            return P::fail(found(kCidrExpect, text,
-                                 "prefix length must be 0-" + std::to_string(max_prefix)));
+            return P::fail(
+                found(kCidrExpect, text, "prefix length must be 0-" + std::to_string(max_prefix)));
         }
         c.prefix = v;
     }
@@ -362,11 +365,12 @@ Parsed<HostPort> parse_host_port(std::string_view text, bool allow_port_zero) {
         host = s.substr(0, colon);
         port = s.substr(colon + 1);
         if (host.find(':') != std::string_view::npos) {
-            return P::fail(found(kHostPortExpect, text, "IPv6 addresses need brackets: [::1]:8080"));
+            return P::fail(
+                found(kHostPortExpect, text, "IPv6 addresses need brackets: [::1]:8080"));
         }
         if (host.empty()) {
-            return P::fail(
-                found(kHostPortExpect, text, "missing host; use 0.0.0.0 or [::] for all addresses"));
+            return P::fail(found(kHostPortExpect, text,
+                                 "missing host; use 0.0.0.0 or [::] for all addresses"));
         }
         if (looks_numeric(host)) {
             std::string h(host);
@@ -420,12 +424,18 @@ Parsed<SliceSize> parse_slice_size(std::string_view text) {
 std::string format_size(uint64_t bytes) {
     if (bytes == 0) return "0";
     static constexpr SizeUnit kFormat[] = {
-        {"TiB", 1ull << 40}, {"GiB", 1ull << 30}, {"MiB", 1ull << 20}, {"KiB", 1ull << 10},
-        {"TB", 1000ull * 1000 * 1000 * 1000},      {"GB", 1000ull * 1000 * 1000},
-        {"MB", 1000ull * 1000},                    {"KB", 1000ull},
+        {"TiB", 1ull << 40},
+        {"GiB", 1ull << 30},
+        {"MiB", 1ull << 20},
+        {"KiB", 1ull << 10},
+        {"TB", 1000ull * 1000 * 1000 * 1000},
+        {"GB", 1000ull * 1000 * 1000},
+        {"MB", 1000ull * 1000},
+        {"KB", 1000ull},
     };
     for (const auto& u : kFormat) {
-        if (bytes % u.multiplier == 0) return std::to_string(bytes / u.multiplier) + std::string(u.name);
+        if (bytes % u.multiplier == 0)
+            return std::to_string(bytes / u.multiplier) + std::string(u.name);
     }
     return std::to_string(bytes);
 }
@@ -433,11 +443,15 @@ std::string format_size(uint64_t bytes) {
 std::string format_duration(Duration d) {
     if (d.count() == 0) return "0s";
     static constexpr DurationUnit kFormat[] = {
-        {"h", 3600ll * 1000 * 1000}, {"m", 60ll * 1000 * 1000}, {"s", 1000 * 1000}, {"ms", 1000},
+        {"h", 3600ll * 1000 * 1000},
+        {"m", 60ll * 1000 * 1000},
+        {"s", 1000 * 1000},
+        {"ms", 1000},
         {"us", 1},
     };
     for (const auto& u : kFormat) {
-        if (d.count() % u.micros == 0) return std::to_string(d.count() / u.micros) + std::string(u.name);
+        if (d.count() % u.micros == 0)
+            return std::to_string(d.count() / u.micros) + std::string(u.name);
     }
     return std::to_string(d.count()) + "us";
 }

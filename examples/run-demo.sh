@@ -19,7 +19,9 @@ cat <<MSG
   tcpfault   : http://127.0.0.1:8080 -> 127.0.0.1:8000   (config: examples/demo.yaml)
 
   Try, in another terminal:
-    curl -s http://127.0.0.1:8080/                        # passes through
+    for i in 1 2 3 4 5 6; do curl -sS -o /dev/null -w '%{http_code} %{time_total}s\n' http://127.0.0.1:8080/; done
+        # connections 3 and 6: "curl: (56) Recv failure: Connection reset by peer";
+        # the others succeed, each about 200ms slower than direct (rule "slow")
     curl -s http://127.0.0.1:8080/10MiB.bin | sha256sum   # same bytes as:
     curl -s http://127.0.0.1:8000/10MiB.bin | sha256sum
   Ctrl-C here stops tcpfault (graceful stop) and the web server.

@@ -1,0 +1,44 @@
+// Internal to config/: the pieces of the loader shared between parse*.cpp files.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.hpp"
+#include "config/reader.hpp"
+
+namespace tcpfault::config::detail {
+
+// Larger inputs are rejected before parsing: a config file is hand-written, never megabytes.
+inline constexpr size_t kMaxInputBytes = 4 * 1024 * 1024;
+
+// Fault type names in FaultSpec variant order.
+extern const std::vector<std::string_view> kFaultTypes;
+inline constexpr size_t kFaultRefuse = 8;
+inline constexpr size_t kFaultCap = 7;
+inline constexpr size_t kFaultRestart = 10;
+
+struct FaultResult {
+    std::optional<size_t> type;     // known as soon as `type` is valid, even if params are not
+    std::optional<FaultSpec> spec;  // only when the whole fault is valid
+};
+FaultResult read_fault(Reader& r, const Entry& fault);
+
+struct RuleResultInternal {
+    std::optional<Rule> rule;  // only when the whole rule is valid
+    std::optional<std::string> name;
+    Position name_pos;
+    Position pos;
+};
+// `protocol` is nullopt when the rule arrives on its own (admin API) and the proxy is unknown.
+RuleResultInternal read_rule(Reader& r, const YAML::Node& node, Position where,
+                             std::optional<Protocol> protocol);
+
+// Parses one YAML document; syntax errors are reported and give nullopt. No document: a null node.
+std::optional<YAML::Node> parse_document(Reader& r, const std::string& text);
+
+std::string position_str(Position p);
+
+}  // namespace tcpfault::config::detail
