@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# Installs what the tests need, builds tcpfault and runs every test (unit + integration).
+# Installs what the tests need, builds tcpfault and runs every test (unit + integration),
+# first on the normal build, then on an ASan+UBSan build (set SKIP_ASAN=1 to skip that pass).
 # This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash docker/install-deps.sh test
-build="${BUILD_DIR:-build}"
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
-cmake --build "$build" -j"$(nproc)"
 # Integration tests open ~2,000 sockets at once.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cd "$build"
-ctest --output-on-failure --timeout 600 "$@"
+jobs="$(nproc)"
+
+run_suite() {  # build-dir, extra cmake args...
+    local dir="$1"
+    shift
+    cmake -S . -B "$dir" -G Ninja "$@"
+    cmake --build "$dir" -j"$jobs"
+    (cd "$dir" && ctest --output-on-failure --timeout 600)
+}
+
+run_suite "${BUILD_DIR:-build}" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+if [ "${SKIP_ASAN:-0}" != "1" ]; then
+    echo "=== again with AddressSanitizer + UndefinedBehaviorSanitizer ==="
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        run_suite "${ASAN_BUILD_DIR:-build-asan}" -DCMAKE_BUILD_TYPE=Debug -DTCPFAULT_SANITIZE=ON
+fi
