@@ -47,7 +47,9 @@ std::string text_value(std::string_view v) {
         }
     }
     if (plain) return std::string(v);
-    return "\"" + json_escape(v) + "\"";
+    std::string out(1, '"');
+    out.append(json_escape(v)).push_back('"');
+    return out;
 }
 
 }  // namespace
@@ -99,24 +101,23 @@ void write(config::LogLevel level, std::string_view msg, std::initializer_list<F
     std::string line;
     line.reserve(160);
     if (g_format == config::LogFormat::json) {
-        line += "{\"ts\":\"" + timestamp() + "\",\"level\":\"" + level_name(level) +
-                "\",\"msg\":\"" + json_escape(msg) + "\"";
+        line.append("{\"ts\":\"").append(timestamp()).append("\",\"level\":\"");
+        line.append(level_name(level)).append("\",\"msg\":\"").append(json_escape(msg));
+        line.push_back('"');
         for (const auto& f : fields) {
-            line += ",\"" + json_escape(f.key) + "\":";
+            line.append(",\"").append(json_escape(f.key)).append("\":");
             if (f.quoted)
-                line += "\"" + json_escape(f.value) + "\"";
+                line.append("\"").append(json_escape(f.value)).append("\"");
             else
-                line += f.value;
+                line.append(f.value);
         }
-        line += "}\n";
+        line.append("}\n");
     } else {
-        line += timestamp() + " " + level_name(level) + " " + std::string(msg);
+        line.append(timestamp()).append(" ").append(level_name(level)).append(" ").append(msg);
         for (const auto& f : fields) {
-            line += " ";
-            line += f.key;
-            line += "=" + text_value(f.value);
+            line.append(" ").append(f.key).append("=").append(text_value(f.value));
         }
-        line += "\n";
+        line.push_back('\n');
     }
     // One write(2) per line so concurrent writers (and tests tailing stderr) never see
     // interleaved halves.
