@@ -85,9 +85,6 @@ int App::run() {
     mark_start();
     // Without a configured seed every run differs; with one, every random decision repeats.
     seed_ = cfg_.seed ? *cfg_.seed : uv_hrtime();
-    if (cfg_.admin.enabled)
-        log::warn("admin HTTP API is not implemented yet; admin.listen is ignored",
-                  {{"addr", cfg_.admin.listen.str()}});
     if (cfg_.workers != 1)
         log::warn("only one worker thread is implemented yet; workers is ignored",
                   {{"workers", cfg_.workers}});
@@ -106,6 +103,7 @@ int App::run() {
     signal(SIGPIPE, SIG_IGN);
 
     std::string err = apply(cfg_);
+    if (err.empty()) err = start_admin();
     int exit_code = 0;
     if (!err.empty()) {
         log::error("cannot start", {{"error", err}});
@@ -182,6 +180,33 @@ std::string App::apply(const config::Config& cfg) {
     for (auto& s : servers_) s->set_on_idle([this] { schedule_reap(); });
     for (auto& s : retiring_) s->set_on_idle([this] { schedule_reap(); });
     schedule_reap();
+    return "";
+}
+
+std::string App::start_admin() {
+    if (!cfg_.admin.enabled) return "";
+    AdminApi::Hooks hooks;
+    hooks.servers = [this] {
+        std::vector<ProxyServer*> out;
+        for (auto& s : servers_) out.push_back(s.get());
+        return out;
+    };
+    hooks.all_servers = [this] {
+        std::vector<ProxyServer*> out;
+        for (auto& s : servers_) out.push_back(s.get());
+        for (auto& s : retiring_) out.push_back(s.get());
+        return out;
+    };
+    hooks.reload = [this] { return reload(); };
+    hooks.metrics = &metrics_;
+    hooks.token = cfg_.admin.token;
+    api_ = std::make_unique<AdminApi>(std::move(hooks));
+    admin_ = std::make_unique<HttpServer>(&loop_,
+                                          [this](const HttpRequest& r) { return api_->handle(r); });
+    int e = admin_->listen(cfg_.admin.listen.host, cfg_.admin.listen.port);
+    if (e != 0)
+        return "admin: cannot listen on " + cfg_.admin.listen.str() + ": " + uv_error_string(e);
+    log::info("admin listening", {{"addr", admin_->address()}});
     return "";
 }
 
@@ -271,6 +296,7 @@ void App::check_shutdown_done() {
 void App::close_process_handles() {
     if (handles_closed_) return;
     handles_closed_ = true;
+    if (admin_) admin_->close([] {});
     for (uv_handle_t* h :
          {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
           reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&grace_timer_),

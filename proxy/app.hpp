@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "proxy/admin_api.hpp"
 #include "proxy/cli.hpp"
+#include "proxy/http_server.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/proxy_server.hpp"
 
@@ -36,6 +38,7 @@ class App {
     void check_shutdown_done();
     void schedule_reap();
     void close_process_handles();
+    std::string start_admin();
 
     static void on_signal(uv_signal_t* h, int signum);
     static void on_grace_timeout(uv_timer_t* t);
@@ -45,6 +48,8 @@ class App {
     uv_loop_t loop_{};
     config::Config cfg_;
     Metrics metrics_;
+    std::unique_ptr<AdminApi> api_;
+    std::unique_ptr<HttpServer> admin_;
     std::vector<std::unique_ptr<ProxyServer>> servers_;
     // Proxies removed or re-bound by a reload, finishing their open sessions.
     std::vector<std::unique_ptr<ProxyServer>> retiring_;

@@ -233,7 +233,14 @@ ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* clie
     return Admission::admit;
 }
 
-void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg) {
+const config::Rule* ProxyServer::current_rule(const std::string& name) const {
+    for (const auto& r : cfg_->rules)
+        if (r.name == name) return &r;
+    return nullptr;
+}
+
+void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
+                                const std::string& replaced) {
     std::shared_ptr<const config::Proxy> old = std::move(cfg_);
     cfg_ = std::move(cfg);
     set_metrics(metrics_);  // declares series for new rules
@@ -243,7 +250,7 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg) {
         if (!rule.match.existing || !rule.enabled) continue;
         auto was = std::find_if(old->rules.begin(), old->rules.end(),
                                 [&](const config::Rule& r) { return r.name == rule.name; });
-        if (was != old->rules.end() && was->enabled) continue;
+        if (was != old->rules.end() && was->enabled && rule.name != replaced) continue;
         apply_to_open_sessions(rule);
     }
 }
@@ -286,6 +293,9 @@ void ProxyServer::release_slots(const std::vector<std::string>& rules) {
 }
 
 bool ProxyServer::record_fault(const config::Rule& rule) {
+    // A pending trigger of a rule since deleted or disabled (API, reload) no longer fires.
+    const config::Rule* cur = current_rule(rule.name);
+    if (cur == nullptr || !cur->enabled) return false;
     uint64_t& n = fired_[rule.name];
     if (rule.match.limit && n >= *rule.match.limit) return false;
     ++n;

@@ -46,7 +46,13 @@ class ProxyServer {
     void abort_sessions(bool with_reset);
     // Replaces the config used for new connections (same listen address).
     // Rules new or newly enabled in it also apply to open connections (`existing`).
-    void update_config(std::shared_ptr<const config::Proxy> cfg);
+    // `replaced` names a rule whose definition changed (API PUT): it is re-applied too.
+    void update_config(std::shared_ptr<const config::Proxy> cfg, const std::string& replaced = "");
+    void for_each_session(const std::function<void(const Session&)>& fn) const {
+        for (const auto& [id, s] : sessions_) fn(*s);
+    }
+    // The rule by that name in the current config, or null.
+    const config::Rule* current_rule(const std::string& name) const;
     // Applies one rule to every open connection it matches.
     void apply_to_open_sessions(const config::Rule& rule);
 

@@ -61,6 +61,11 @@ class Session {
     void apply_runtime_rule(const config::Rule* rule,
                             std::shared_ptr<const config::Proxy> snapshot);
     uint64_t ordinal() const { return ordinal_; }
+    std::vector<std::string> rule_names() const {
+        std::vector<std::string> out;
+        for (const auto& r : rules_) out.push_back(r.rule->name);
+        return out;
+    }
     const sockaddr* peer() const { return reinterpret_cast<const sockaddr*>(&peer_); }
     void set_ordinal(uint64_t n) { ordinal_ = n; }
 
