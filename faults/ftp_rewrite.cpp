@@ -126,7 +126,9 @@ std::optional<sockaddr_in> parse_port_command(std::string_view line) {
     return from_numbers(n);
 }
 
-std::string format_port_command(const sockaddr_in& addr) { return "PORT " + numbers_of(addr) + "\r\n"; }
+std::string format_port_command(const sockaddr_in& addr) {
+    return "PORT " + numbers_of(addr) + "\r\n";
+}
 
 std::optional<sockaddr_storage> parse_eprt_command(std::string_view line) {
     line = trim_eol(line);

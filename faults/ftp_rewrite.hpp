@@ -30,7 +30,7 @@ std::string format_eprt_command(const sockaddr* addr);
 // Splits a stream into CRLF (or LF) terminated lines across any read boundaries and lets a
 // callback replace each complete line. Lines longer than kMaxLine are passed on untouched.
 class FtpLineFilter {
-public:
+  public:
     static constexpr size_t kMaxLine = 4096;
     // Returns the bytes to send instead of `line` (which includes its line ending).
     using Rewrite = std::function<std::string(std::string_view line)>;
@@ -40,7 +40,7 @@ public:
     // What is left at end of stream (a final line without line ending).
     void flush(std::string& out);
 
-private:
+  private:
     Rewrite rewrite_;
     std::string partial_;
     bool passthrough_line_ = false;  // inside an over-long line
@@ -48,11 +48,11 @@ private:
 
 // Tracks multi-line replies ("123-..." until "123 ..."): only a reply's last line is a reply.
 class FtpReplyTracker {
-public:
+  public:
     // The reply code of `line` if it completes a reply, else 0.
     int complete_reply_code(std::string_view line);
 
-private:
+  private:
     int open_code_ = 0;
 };
 

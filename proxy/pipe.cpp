@@ -31,7 +31,13 @@ void Pipe::on_read(Chunk& chunk, ssize_t nread) {
         session_.on_bytes(dir_, n);
         switch (mode_) {
             case Mode::forward:
-                process(chunk.get(), n, &chunk);
+                if (filter_ != nullptr) {
+                    std::string out;
+                    filter_->feed(chunk.get(), n, out);
+                    process(out.data(), out.size(), nullptr);
+                } else {
+                    process(chunk.get(), n, &chunk);
+                }
                 break;
             case Mode::drop:
                 break;
@@ -47,6 +53,11 @@ void Pipe::on_read(Chunk& chunk, ssize_t nread) {
         if (mode_ != Mode::forward) {
             session_.on_eof_after_close(source_);
             return;
+        }
+        if (filter_ != nullptr) {
+            std::string rest;
+            filter_->flush(rest);
+            if (!rest.empty()) process(rest.data(), rest.size(), nullptr);
         }
         maybe_pass_fin();
         return;
@@ -102,6 +113,7 @@ void Pipe::release_trigger_hold() {
 
 void Pipe::emit(const char* p, size_t n, Chunk* owner) {
     if (n == 0 || mode_ != Mode::forward) return;
+    forwarded_ += n;
     if (!shaping()) {
         int err = sink_.write(p, n, owner);
         if (err != 0) {

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "config/config.hpp"
+#include "faults/ftp_rewrite.hpp"
 #include "proxy/buffer_pool.hpp"
 
 namespace tcpfault {
@@ -39,12 +40,15 @@ class Pipe {
         : session_(session), source_(source), sink_(sink), dir_(dir) {}
 
     config::Direction direction() const { return dir_; }
-    uint64_t bytes() const { return bytes_; }
+    uint64_t bytes() const { return bytes_; }          // read from the source
+    uint64_t forwarded() const { return forwarded_; }  // let through toward the sink
     bool source_eof() const { return source_eof_; }
     bool done() const { return fin_done_; }  // FIN passed on and handed to the kernel
     size_t held_bytes() const { return queued_held_ + trigger_hold_.size(); }
 
     void start();  // begin reading the source
+    // A protocol filter (FTP control channel) that may rewrite the stream before faults see it.
+    void set_filter(faults::FtpLineFilter* f) { filter_ = f; }
     void set_mode(Mode m);
     Mode mode() const { return mode_; }
 
@@ -88,10 +92,12 @@ class Pipe {
     Endpoint& sink_;
     config::Direction dir_;
     uint64_t bytes_ = 0;
+    uint64_t forwarded_ = 0;
     bool paused_ = false;  // reading stopped because the sink is full
     bool source_eof_ = false;
     bool fin_done_ = false;
     Mode mode_ = Mode::forward;
+    faults::FtpLineFilter* filter_ = nullptr;
 
     // Shaping state.
     std::deque<Held> queue_;

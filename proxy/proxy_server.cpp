@@ -74,6 +74,7 @@ void ProxyServer::close_listener() {
 void ProxyServer::stop_accepting() {
     retired_ = true;
     close_listener();
+    for (auto& [id, l] : data_listeners_) l->close();
     if (clock_open_) uv_close(reinterpret_cast<uv_handle_t*>(&clock_), on_clock_closed);
 }
 
@@ -179,6 +180,34 @@ void ProxyServer::on_connection(uv_stream_t* listener, int status) {
     s->accept(listener);  // may fail and end the session later; never frees it synchronously
 }
 
+std::string ProxyServer::open_ftp_data(const sockaddr_storage& bind, const sockaddr_storage& target,
+                                       bool accepted_is_server, sockaddr_storage* bound) {
+    if (retired_) return "proxy is stopping";
+    uint64_t id = next_listener_id_++;
+    auto l = std::make_unique<FtpDataListener>(*this, id, target, accepted_is_server);
+    FtpDataListener* raw = l.get();
+    data_listeners_.emplace(id, std::move(l));
+    // On failure the listener closes itself and is erased in data_listener_closed().
+    return raw->open(loop_, bind, bound);
+}
+
+void ProxyServer::accept_data(uv_stream_t* listener, const sockaddr_storage& target,
+                              bool accepted_is_server) {
+    uint64_t id = ++g_session_ids;
+    ++counters_.connections;
+    if (metrics_ != nullptr) metrics_->connection_opened(name());
+    Session::DataTarget t{target, accepted_is_server};
+    auto session = std::make_unique<Session>(*this, id, cfg_, t);
+    Session* s = session.get();
+    sessions_.emplace(id, std::move(session));
+    s->accept(listener);
+}
+
+void ProxyServer::data_listener_closed(uint64_t id) {
+    data_listeners_.erase(id);
+    if (on_idle_) on_idle_();
+}
+
 void ProxyServer::abort_sessions(bool with_reset) {
     std::vector<Session*> open;
     open.reserve(sessions_.size());
@@ -200,7 +229,10 @@ void ProxyServer::session_finished(uint64_t id) {
 
 ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* client) {
     faults::ConnectionFacts facts;
-    facts.ordinal = ++ordinal_;
+    // FTP data connections are counted apart, so `connections: {nth: 2}` with
+    // `channel: data` means the second transfer.
+    facts.ordinal = s.channel() == config::Channel::data ? ++data_ordinal_ : ++ordinal_;
+    facts.channel = s.channel();
     s.set_ordinal(facts.ordinal);
     facts.client = client;
     facts.since_start = since_start();
@@ -265,6 +297,7 @@ void ProxyServer::apply_to_open_sessions(const config::Rule& rule) {
         if (s->ending()) continue;
         faults::ConnectionFacts facts;
         facts.ordinal = s->ordinal();
+        facts.channel = s->channel();
         facts.client = s->peer();
         facts.since_start = now;
         if (faults::rule_matches(rule, facts, seed_, fired(rule.name)))

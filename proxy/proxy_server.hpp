@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "proxy/ftp_data_listener.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/session.hpp"
 
@@ -63,12 +64,21 @@ class ProxyServer {
     size_t active() const { return sessions_.size(); }
     // True once retired, every handle closed and no session remains: safe to destroy.
     bool finished() const {
-        return retired_ && !listener_open_ && !clock_open_ && sessions_.empty();
+        return retired_ && !listener_open_ && !clock_open_ && sessions_.empty() &&
+               data_listeners_.empty();
     }
     const ProxyCounters& counters() const { return counters_; }
 
     // Called whenever a session ends or the listener closes, so the owner can reap.
     void set_on_idle(std::function<void()> cb) { on_idle_ = std::move(cb); }
+
+    // FTP data: opens a one-shot listener on `bind`'s address for a data connection to
+    // `target`; fills `bound` with our address. "" or the error.
+    std::string open_ftp_data(const sockaddr_storage& bind, const sockaddr_storage& target,
+                              bool accepted_is_server, sockaddr_storage* bound);
+    void accept_data(uv_stream_t* listener, const sockaddr_storage& target,
+                     bool accepted_is_server);
+    void data_listener_closed(uint64_t id);
 
     // Rules: matching at accept, and injection counting (for `limit` and metrics).
     void set_seed(uint64_t seed) { seed_ = seed; }
@@ -124,6 +134,9 @@ class ProxyServer {
     uint64_t restart_until_ms_ = 0;
     std::unordered_map<std::string, CapState> caps_;
     std::unordered_map<std::string, WindowState> windows_;
+    std::unordered_map<uint64_t, std::unique_ptr<FtpDataListener>> data_listeners_;
+    uint64_t next_listener_id_ = 1;
+    uint64_t data_ordinal_ = 0;
     uint64_t next_id_ = 1;
     std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
     ProxyCounters counters_;

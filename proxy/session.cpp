@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "proxy/ftp_control.hpp"
 #include "proxy/log.hpp"
 #include "proxy/proxy_server.hpp"
 #include "proxy/uv_util.hpp"
@@ -30,28 +31,59 @@ const char* upstream_error_kind(int err) {
 }
 }  // namespace
 
-Session::Session(ProxyServer& server, uint64_t id, std::shared_ptr<const config::Proxy> cfg)
-    : server_(server), id_(id), cfg_(std::move(cfg)) {
+Session::Session(ProxyServer& server, uint64_t id, std::shared_ptr<const config::Proxy> cfg,
+                 std::optional<DataTarget> data)
+    : server_(server), id_(id), cfg_(std::move(cfg)), data_(std::move(data)) {
     client_.attach(&up_, &down_);
     upstream_.attach(&down_, &up_);
     started_ms_ = uv_now(server_.loop());
+    if (cfg_->protocol == config::Protocol::ftp) {
+        channel_ = data_ ? config::Channel::data : config::Channel::control;
+        if (!data_) {
+            ftp_ = std::make_unique<FtpControl>(*this);
+            up_.set_filter(&ftp_->commands());
+            down_.set_filter(&ftp_->replies());
+        }
+    }
+    if (data_ && data_->accepted_is_server) std::swap(accepted_, outgoing_);
+}
+
+Session::~Session() = default;
+
+bool Session::local_addr(Endpoint::Side side, sockaddr_storage* out) const {
+    const Endpoint& e = side == Endpoint::Side::client ? client_ : upstream_;
+    int len = sizeof *out;
+    return e.usable() && uv_tcp_getsockname(const_cast<Endpoint&>(e).tcp(),
+                                            reinterpret_cast<sockaddr*>(out), &len) == 0;
+}
+
+bool Session::server_peer_addr(sockaddr_storage* out) const {
+    int len = sizeof *out;
+    return upstream_.usable() && uv_tcp_getpeername(const_cast<Endpoint&>(upstream_).tcp(),
+                                                    reinterpret_cast<sockaddr*>(out), &len) == 0;
 }
 
 void Session::accept(uv_stream_t* listener) {
-    int err = client_.init(server_.loop());
-    if (err == 0) err = uv_accept(listener, client_.stream());
+    int err = accepted_->init(server_.loop());
+    if (err == 0) err = uv_accept(listener, accepted_->stream());
     if (err != 0) {
         log::warn("accept failed", {{"proxy", cfg_->name}, {"error", uv_error_string(err)}});
         server_.count_rejected("accept_error");
         closing_ = true;
-        client_.close();
+        accepted_->close();
         handle_closed();
         return;
     }
-    uv_tcp_nodelay(client_.tcp(), 1);
-    client_addr_ = peer_name(client_.tcp());
-    int len = sizeof peer_;
-    uv_tcp_getpeername(client_.tcp(), reinterpret_cast<sockaddr*>(&peer_), &len);
+    uv_tcp_nodelay(accepted_->tcp(), 1);
+    if (accepted_ == &client_) {
+        client_addr_ = peer_name(client_.tcp());
+        int len = sizeof peer_;
+        uv_tcp_getpeername(client_.tcp(), reinterpret_cast<sockaddr*>(&peer_), &len);
+    } else {
+        // Active-mode data: the client is the address its PORT/EPRT named.
+        peer_ = data_->addr;
+        client_addr_ = format_addr(peer());
+    }
     rng_.seed(server_.seed() ^ (id_ * 0x9e3779b97f4a7c15ULL));
     log::debug("accepted", {{"proxy", cfg_->name}, {"conn", id_}, {"client", client_addr_}});
     if (server_.match_rules(*this, peer()) == ProxyServer::Admission::admit) admit();
@@ -66,13 +98,13 @@ void Session::reject(config::CapFault::Over over, const std::string& banner) {
     switch (over) {
         case config::CapFault::Over::reset:
             closing_ = true;
-            client_.reset();
+            accepted_->reset();
             handle_closed();
             return;
         case config::CapFault::Over::banner:
-            if (client_.write(banner.data(), banner.size(), nullptr) != 0) {
+            if (accepted_->write(banner.data(), banner.size(), nullptr) != 0) {
                 closing_ = true;
-                client_.reset();
+                accepted_->reset();
                 handle_closed();
                 return;
             }
@@ -111,6 +143,11 @@ void Session::on_timer_closed(uv_handle_t* h) {
 
 void Session::resolve() {
     sockaddr_storage ss;
+    if (data_) {
+        addrs_.push_back(data_->addr);
+        connect_next();
+        return;
+    }
     if (numeric_addr(cfg_->upstream, &ss)) {
         addrs_.push_back(ss);
         connect_next();
@@ -153,11 +190,11 @@ void Session::on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
 
 void Session::connect_next() {
     const sockaddr_storage& ss = addrs_[next_addr_++];
-    int err = upstream_.init(server_.loop());
+    int err = outgoing_->init(server_.loop());
     if (err == 0) {
         connect_req_.data = this;
-        err = uv_tcp_connect(&connect_req_, upstream_.tcp(), reinterpret_cast<const sockaddr*>(&ss),
-                             on_connect);
+        err = uv_tcp_connect(&connect_req_, outgoing_->tcp(),
+                             reinterpret_cast<const sockaddr*>(&ss), on_connect);
     }
     if (err != 0) {
         upstream_failed(upstream_error_kind(err), err);
@@ -175,7 +212,7 @@ void Session::on_connect(uv_connect_t* req, int status) {
         if (self->next_addr_ < self->addrs_.size()) {
             // Try the next address once this socket's handle is closed (see endpoint_closed).
             self->retry_pending_ = true;
-            self->upstream_.close();
+            self->outgoing_->close();
             return;
         }
         self->upstream_failed(upstream_error_kind(status), status);
@@ -187,7 +224,7 @@ void Session::on_connect(uv_connect_t* req, int status) {
 void Session::on_connected() {
     connected_ = true;
     stop_timer();
-    uv_tcp_nodelay(upstream_.tcp(), 1);
+    uv_tcp_nodelay(outgoing_->tcp(), 1);
     server_.count_connected();
     // Rules without `when` act "at accept": once both sockets exist, before any byte moves.
     start_rules();
@@ -213,11 +250,11 @@ void Session::upstream_failed(const char* kind, int err) {
                                  {"upstream", cfg_->upstream.str()},
                                  {"error", kind},
                                  {"detail", uv_error_string(err)}});
-    upstream_.close();
+    outgoing_->close();
     retry_pending_ = false;
     if (cfg_->on_upstream_error == config::OnUpstreamError::reset) {
         closing_ = true;
-        client_.reset();
+        accepted_->reset();
         stop_timer();
         handle_closed();
         return;
@@ -228,13 +265,13 @@ void Session::upstream_failed(const char* kind, int err) {
 // FIN to the client, then read and drop what it still sends until its FIN, so the kernel does
 // not answer our close with a RST over unread bytes.
 void Session::close_client_gently() {
-    up_.set_mode(Pipe::Mode::drop);
-    int e = client_.shutdown_write();
+    (accepted_ == &client_ ? up_ : down_).set_mode(Pipe::Mode::drop);
+    int e = accepted_->shutdown_write();
     if (e != 0) {
         close_all();
         return;
     }
-    client_.start_reading();
+    accepted_->start_reading();
     start_timer(kDrainTimeout, on_drain_timeout);
 }
 
@@ -300,9 +337,9 @@ void Session::abort(bool with_reset) {
 
 void Session::endpoint_closed(Endpoint& e) {
     --live_;
-    if (&e == &upstream_ && retry_pending_ && !closing_) {
+    if (&e == outgoing_ && retry_pending_ && !closing_) {
         retry_pending_ = false;
-        upstream_.recycle();
+        outgoing_->recycle();
         connect_next();
         return;
     }

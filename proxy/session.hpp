@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -25,7 +26,16 @@ class ProxyServer;
 
 class Session {
   public:
-    Session(ProxyServer& server, uint64_t id, std::shared_ptr<const config::Proxy> cfg);
+    // An FTP data connection: the target address comes from the control channel, and in
+    // active mode the socket we accept is the server's and we connect out to the client.
+    struct DataTarget {
+        sockaddr_storage addr{};
+        bool accepted_is_server = false;
+    };
+
+    Session(ProxyServer& server, uint64_t id, std::shared_ptr<const config::Proxy> cfg,
+            std::optional<DataTarget> data = std::nullopt);
+    ~Session();
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
 
@@ -42,6 +52,7 @@ class Session {
     void abort(bool with_reset);
 
     uv_loop_t* loop() const;
+    ProxyServer& server() { return server_; }
     std::mt19937_64& rng() { return rng_; }
     // True once a terminal fault or a reset ends the connection: no more bytes move.
     bool ending() const { return closing_ || terminal_; }
@@ -61,6 +72,11 @@ class Session {
     void apply_runtime_rule(const config::Rule* rule,
                             std::shared_ptr<const config::Proxy> snapshot);
     uint64_t ordinal() const { return ordinal_; }
+    config::Channel channel() const { return channel_; }
+    // The local address of the client-facing / server-facing socket (FTP data listeners bind
+    // there, so the address written into PASV/PORT is one the peer can reach).
+    bool local_addr(Endpoint::Side side, sockaddr_storage* out) const;
+    bool server_peer_addr(sockaddr_storage* out) const;
     std::vector<std::string> rule_names() const {
         std::vector<std::string> out;
         for (const auto& r : rules_) out.push_back(r.rule->name);
@@ -140,6 +156,13 @@ class Session {
     std::shared_ptr<const config::Proxy> cfg_;
     Endpoint client_{*this, Endpoint::Side::client};
     Endpoint upstream_{*this, Endpoint::Side::server};
+    // The socket we accepted and the one we connect (client_/upstream_, swapped for an
+    // active-mode FTP data connection).
+    Endpoint* accepted_ = &client_;
+    Endpoint* outgoing_ = &upstream_;
+    std::optional<DataTarget> data_;
+    config::Channel channel_ = config::Channel::any;
+    std::unique_ptr<class FtpControl> ftp_;
     Pipe up_{*this, client_, upstream_, config::Direction::upstream};
     Pipe down_{*this, upstream_, client_, config::Direction::downstream};
 

@@ -67,8 +67,8 @@ void Session::apply_runtime_rule(const config::Rule* rule,
     if (!connected_) return;  // still connecting: starts with the others in start_rules()
     size_t i = rules_.size() - 1;
     uint64_t seen = rule->when && rule->when->direction == config::Direction::downstream
-                        ? down_.bytes()
-                        : up_.bytes();
+                        ? down_.forwarded()
+                        : up_.forwarded();
     auto age = std::chrono::milliseconds(uv_now(loop()) - started_ms_);
     rules_[i].trigger.catch_up(seen, age);
     if (rules_[i].trigger.start()) fire(i);
@@ -172,8 +172,8 @@ void Session::log_fault(const config::Rule& rule) {
                                  {"client", client_addr_},
                                  {"rule", rule.name},
                                  {"fault", config::fault_name(rule.fault)},
-                                 {"bytes_up", up_.bytes()},
-                                 {"bytes_down", down_.bytes()}});
+                                 {"bytes_up", up_.forwarded()},
+                                 {"bytes_down", down_.forwarded()}});
 }
 
 void Session::each_pipe(config::Direction d, const std::function<void(Pipe&)>& fn) {
