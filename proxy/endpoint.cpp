@@ -18,8 +18,8 @@ struct Endpoint::WriteReq {
     Endpoint* endpoint = nullptr;
 };
 
-int Endpoint::init(uv_loop_t* loop) {
-    int err = uv_tcp_init(loop, &tcp_);
+int Endpoint::init(uv_loop_t* loop, unsigned family) {
+    int err = uv_tcp_init_ex(loop, &tcp_, family);
     if (err != 0) return err;
     tcp_.data = this;
     initialized_ = true;

@@ -3,6 +3,7 @@
 // write, shutdownWrite (FIN), close, reset (RST), pause/resume reading.
 #pragma once
 
+#include <sys/socket.h>
 #include <uv.h>
 
 #include <cstddef>
@@ -23,7 +24,8 @@ class Endpoint {
     Endpoint(const Endpoint&) = delete;
     Endpoint& operator=(const Endpoint&) = delete;
 
-    int init(uv_loop_t* loop);
+    // With a family, the socket exists at once, so options can be set before connect().
+    int init(uv_loop_t* loop, unsigned family = AF_UNSPEC);
     uv_tcp_t* tcp() { return &tcp_; }
     uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp_); }
     Side side() const { return side_; }

@@ -185,6 +185,7 @@ void Pipe::pump() {
     }
     apply_backpressure();
     maybe_pass_fin();
+    try_fin();
 }
 
 void Pipe::arm_timer(uint64_t delay_ms) {
@@ -247,11 +248,22 @@ void Pipe::unstall() {
     pump();
 }
 
-void Pipe::discard_pending() {
-    queue_.clear();
-    queued_held_ = 0;
+void Pipe::discard_pending(bool keep_shaped) {
     trigger_hold_.clear();
     holding_for_trigger_ = false;
+    if (keep_shaped && !stalled_hold_) return;
+    queue_.clear();
+    queued_held_ = 0;
+}
+
+void Pipe::finish_with_fin() {
+    fin_wanted_ = true;
+    try_fin();
+}
+
+void Pipe::try_fin() {
+    if (!fin_wanted_ || !queue_.empty() || !sink_.usable() || sink_.fin_requested()) return;
+    if (sink_.shutdown_write() != 0) sink_.reset();
 }
 
 void Pipe::apply_backpressure() {

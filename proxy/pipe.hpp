@@ -59,8 +59,12 @@ class Pipe {
     // Stall: hold stops reading (backpressure, nothing lost); drop discards what arrives.
     void stall(config::StallFault::Mode mode);
     void unstall();
-    // Forget bytes not yet handed to the sink (a reset or close fault ends the stream).
-    void discard_pending();
+    // A reset or close fault ends the stream. Bytes behind a trigger's hold point were never
+    // let through and are dropped; bytes a shaping fault already let through (latency,
+    // bandwidth, slice) are still delivered when `keep_shaped`, unless a stall holds them.
+    void discard_pending(bool keep_shaped);
+    // FIN to the sink once every byte let through has been written (close fault).
+    void finish_with_fin();
     // A trigger that held this direction (bytes reached, time not yet) is released.
     void release_trigger_hold();
     void close_timer();
@@ -84,6 +88,7 @@ class Pipe {
     void arm_timer(uint64_t delay_ms);
     void apply_backpressure();
     void maybe_pass_fin();
+    void try_fin();
     static void on_timer(uv_timer_t* t);
     static void on_timer_closed(uv_handle_t* h);
 
@@ -115,6 +120,7 @@ class Pipe {
     uint64_t slice_delay_ms_ = 0;
     bool slice_wait_ = false;  // a slice delay is running
     bool stalled_hold_ = false;
+    bool fin_wanted_ = false;
     uv_timer_t timer_{};
     bool timer_open_ = false;
 };

@@ -190,7 +190,15 @@ void Session::on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
 
 void Session::connect_next() {
     const sockaddr_storage& ss = addrs_[next_addr_++];
-    int err = outgoing_->init(server_.loop());
+    bool clamp = has_preconnect_clamp();
+    int err = outgoing_->init(server_.loop(), clamp ? ss.ss_family : AF_UNSPEC);
+    if (err == 0 && clamp) {
+        for (const auto& r : rules_) {
+            const auto* f = std::get_if<config::ClampFault>(&r.rule->fault);
+            if (f != nullptr && !r.rule->when && f->side != config::Target::client)
+                apply_clamp(*outgoing_, true, *f);
+        }
+    }
     if (err == 0) {
         connect_req_.data = this;
         err = uv_tcp_connect(&connect_req_, outgoing_->tcp(),

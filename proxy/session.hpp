@@ -132,6 +132,10 @@ class Session {
     void fault_close(config::Target to, config::CloseFault::Then then);
     void fault_stall(const config::StallFault& f);
     void fault_clamp(const config::ClampFault& f);
+    void apply_clamp(Endpoint& e, bool server_side, const config::ClampFault& f);
+    // Server-side clamps of rules acting at accept, set on the new socket before connect():
+    // the MSS and window scale are negotiated in the handshake.
+    bool has_preconnect_clamp() const;
     void each_pipe(config::Direction d, const std::function<void(Pipe&)>& fn);
     void rearm_fault_timer();
     void close_pipe_timers();

@@ -289,8 +289,8 @@ void Session::on_activity() {
 void Session::fault_reset(config::Target to, bool flush) {
     terminal_ = true;
     reset_to_ = to;
-    up_.discard_pending();
-    down_.discard_pending();
+    up_.discard_pending(flush);
+    down_.discard_pending(flush);
     client_.stop_reading();
     upstream_.stop_reading();
     if (!flush) {
@@ -305,12 +305,19 @@ void Session::fault_reset(config::Target to, bool flush) {
 }
 
 void Session::finish_reset() {
-    auto drained = [](Endpoint& e) {
-        return !e.usable() || (e.queued_bytes() == 0 && unacked_bytes(e.tcp()) == 0);
+    // A side is flushed once the bytes let through toward it (shaped ones included) were
+    // written and acknowledged by its peer.
+    auto drained = [](Endpoint& e, const Pipe& into) {
+        return !e.usable() ||
+               (into.held_bytes() == 0 && e.queued_bytes() == 0 && unacked_bytes(e.tcp()) == 0);
     };
-    bool ready =
-        uv_now(loop()) >= flush_deadline_ || ((!hits_client(reset_to_) || drained(client_)) &&
-                                              (!hits_server(reset_to_) || drained(upstream_)));
+    // Shaped bytes leave on their own schedule; the bound is for a peer that stopped reading.
+    if ((hits_client(reset_to_) && down_.held_bytes() > 0) ||
+        (hits_server(reset_to_) && up_.held_bytes() > 0))
+        flush_deadline_ = std::max(flush_deadline_, uv_now(loop()) + kFlushBoundMs);
+    bool ready = uv_now(loop()) >= flush_deadline_ ||
+                 ((!hits_client(reset_to_) || drained(client_, down_)) &&
+                  (!hits_server(reset_to_) || drained(upstream_, up_)));
     if (!ready) return;
     flushing_ = false;
     closing_ = true;
@@ -336,15 +343,15 @@ void Session::on_write_drained() {
 void Session::fault_close(config::Target to, config::CloseFault::Then then) {
     terminal_ = true;
     close_fault_ = true;
-    up_.discard_pending();
-    down_.discard_pending();
+    up_.discard_pending(true);
+    down_.discard_pending(true);
     Pipe::Mode target_mode =
         then == config::CloseFault::Then::reset ? Pipe::Mode::reset_on_data : Pipe::Mode::drop;
     up_.set_mode(hits_client(to) ? target_mode : Pipe::Mode::drop);
     down_.set_mode(hits_server(to) ? target_mode : Pipe::Mode::drop);
-    for (Endpoint* e : {&client_, &upstream_}) {
-        if (e->usable() && e->shutdown_write() != 0) e->reset();
-    }
+    // FIN after what was already let through, shaped bytes included.
+    up_.finish_with_fin();
+    down_.finish_with_fin();
     if (up_.source_eof()) on_eof_after_close(client_);
     if (down_.source_eof()) on_eof_after_close(upstream_);
 }
@@ -374,38 +381,47 @@ void Session::fault_stall(const config::StallFault& f) {
     }
 }
 
-void Session::fault_clamp(const config::ClampFault& f) {
-    auto apply = [&](Endpoint& e, bool server_side) {
-        int fd = tcp_fd(e.tcp());
-        if (fd < 0) return;
-        const char* side = server_side ? "server" : "client";
-        auto set = [&](int level, int opt, uint64_t v, const char* name) {
-            int x = static_cast<int>(v);
-            if (setsockopt(fd, level, opt, &x, sizeof x) != 0) {
-                log::warn("clamp: setsockopt failed",
-                          {{"proxy", cfg_->name}, {"conn", id_}, {"side", side}, {"option", name}});
-                return;
-            }
-            // What the kernel really holds (it doubles SO_*BUF and enforces minimums).
-            int got = 0;
-            socklen_t len = sizeof got;
-            getsockopt(fd, level, opt, &got, &len);
-            log::debug("clamp applied", {{"proxy", cfg_->name},
-                                         {"conn", id_},
-                                         {"side", side},
-                                         {"option", name},
-                                         {"requested", v},
-                                         {"effective", got}});
-        };
-        if (f.sndbuf) set(SOL_SOCKET, SO_SNDBUF, *f.sndbuf, "sndbuf");
-        if (f.rcvbuf) set(SOL_SOCKET, SO_RCVBUF, *f.rcvbuf, "rcvbuf");
-        if (f.window) set(IPPROTO_TCP, TCP_WINDOW_CLAMP, *f.window, "window");
-        // The MSS is negotiated in the handshake; on an open socket it caps what we send.
-        if (f.mss && server_side) set(IPPROTO_TCP, TCP_MAXSEG, *f.mss, "mss");
-        if (f.read_size) e.set_max_read(*f.read_size);
+void Session::apply_clamp(Endpoint& e, bool server_side, const config::ClampFault& f) {
+    int fd = tcp_fd(e.tcp());
+    if (fd < 0) return;
+    const char* side = server_side ? "server" : "client";
+    auto set = [&](int level, int opt, uint64_t v, const char* name) {
+        int x = static_cast<int>(v);
+        if (setsockopt(fd, level, opt, &x, sizeof x) != 0) {
+            log::warn("clamp: setsockopt failed",
+                      {{"proxy", cfg_->name}, {"conn", id_}, {"side", side}, {"option", name}});
+            return;
+        }
+        // What the kernel really holds (it doubles SO_*BUF and enforces minimums).
+        int got = 0;
+        socklen_t len = sizeof got;
+        getsockopt(fd, level, opt, &got, &len);
+        log::debug("clamp applied", {{"proxy", cfg_->name},
+                                     {"conn", id_},
+                                     {"side", side},
+                                     {"option", name},
+                                     {"requested", v},
+                                     {"effective", got}});
     };
-    if (hits_client(f.side)) apply(client_, false);
-    if (hits_server(f.side)) apply(upstream_, true);
+    if (f.sndbuf) set(SOL_SOCKET, SO_SNDBUF, *f.sndbuf, "sndbuf");
+    if (f.rcvbuf) set(SOL_SOCKET, SO_RCVBUF, *f.rcvbuf, "rcvbuf");
+    if (f.window) set(IPPROTO_TCP, TCP_WINDOW_CLAMP, *f.window, "window");
+    if (f.mss && server_side) set(IPPROTO_TCP, TCP_MAXSEG, *f.mss, "mss");
+    if (f.read_size) e.set_max_read(*f.read_size);
+}
+
+void Session::fault_clamp(const config::ClampFault& f) {
+    if (hits_client(f.side)) apply_clamp(client_, false, f);
+    if (hits_server(f.side)) apply_clamp(upstream_, true, f);
+}
+
+bool Session::has_preconnect_clamp() const {
+    if (outgoing_ != &upstream_) return false;
+    for (const auto& r : rules_) {
+        const auto* f = std::get_if<config::ClampFault>(&r.rule->fault);
+        if (f != nullptr && !r.rule->when && hits_server(f->side)) return true;
+    }
+    return false;
 }
 
 void Session::close_pipe_timers() {
