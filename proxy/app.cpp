@@ -183,6 +183,49 @@ std::string App::apply(const config::Config& cfg) {
     return "";
 }
 
+std::vector<ProxyServer*> App::servers() {
+    std::vector<ProxyServer*> out;
+    for (auto& s : servers_) out.push_back(s.get());
+    return out;
+}
+
+ProxyServer* App::find_server(const std::string& name) {
+    for (auto& s : servers_)
+        if (s->name() == name) return s.get();
+    return nullptr;
+}
+
+std::string App::add_proxy(const config::Proxy& p) {
+    if (stopping_) return "shutting down";
+    if (find_server(p.name) != nullptr) return "proxy " + p.name + " already exists";
+    auto server = std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p));
+    server->set_seed(seed_);
+    server->set_metrics(&metrics_);
+    server->set_on_idle([this] { schedule_reap(); });
+    int e = server->listen();
+    if (e != 0) {
+        server->stop_accepting();
+        retiring_.push_back(std::move(server));
+        schedule_reap();
+        return "cannot listen on " + p.listen.str() + ": " + uv_error_string(e);
+    }
+    servers_.push_back(std::move(server));
+    return "";
+}
+
+bool App::remove_proxy(const std::string& name) {
+    for (auto it = servers_.begin(); it != servers_.end(); ++it) {
+        if ((*it)->name() != name) continue;
+        (*it)->stop_accepting();
+        (*it)->abort_sessions(true);
+        retiring_.push_back(std::move(*it));
+        servers_.erase(it);
+        schedule_reap();
+        return true;
+    }
+    return false;
+}
+
 std::string App::start_admin() {
     if (!cfg_.admin.enabled) return "";
     AdminApi::Hooks hooks;

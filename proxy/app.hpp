@@ -26,6 +26,14 @@ class App {
     // Loads the config, binds every proxy and runs until stopped. Returns the exit code.
     int run();
 
+    // Runtime proxy management (Toxiproxy API). On the loop thread only.
+    std::vector<ProxyServer*> servers();
+    ProxyServer* find_server(const std::string& name);
+    // Binds and starts a new proxy; "" or the error (name taken, cannot listen).
+    std::string add_proxy(const config::Proxy& p);
+    // Stops accepting and resets its open connections; false if there is no such proxy.
+    bool remove_proxy(const std::string& name);
+
   private:
     config::LoadResult load();
     void apply_overrides(config::Config& cfg) const;
