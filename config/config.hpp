@@ -157,9 +157,15 @@ struct RestartFault {
     Duration downtime{0};
 };
 
+// Toxiproxy's slow_close: a FIN from the source is passed on only after `delay`.
+struct SlowCloseFault {
+    Duration delay{0};
+    Direction direction = Direction::both;
+};
+
 using FaultSpec =
     std::variant<ResetFault, CloseFault, StallFault, LatencyFault, BandwidthFault, SliceFault,
-                 ClampFault, CapFault, RefuseFault, IdleFault, RestartFault>;
+                 ClampFault, CapFault, RefuseFault, IdleFault, RestartFault, SlowCloseFault>;
 
 // The YAML name of a fault ("reset", "close", ...), as used in metric labels.
 const char* fault_name(const FaultSpec& f);

@@ -71,8 +71,9 @@ bool Schedule::active_at(Duration since_start) const {
 }
 
 const char* fault_name(const FaultSpec& f) {
-    static const char* const names[] = {"reset", "close", "stall",  "latency", "bandwidth", "slice",
-                                        "clamp", "cap",   "refuse", "idle",    "restart"};
+    static const char* const names[] = {"reset",     "close", "stall",   "latency",
+                                        "bandwidth", "slice", "clamp",   "cap",
+                                        "refuse",    "idle",  "restart", "slow_close"};
     static_assert(std::variant_size_v<FaultSpec> == sizeof(names) / sizeof(names[0]));
     return names[f.index()];
 }

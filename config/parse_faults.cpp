@@ -8,7 +8,7 @@ namespace tcpfault::config::detail {
 
 const std::vector<std::string_view> kFaultTypes = {
     "reset", "close", "stall",  "latency", "bandwidth", "slice",
-    "clamp", "cap",   "refuse", "idle",    "restart",
+    "clamp", "cap",   "refuse", "idle",    "restart",   "slow_close",
 };
 
 namespace {
@@ -26,6 +26,7 @@ const std::vector<std::vector<std::string_view>> kFaultParams = {
     {},
     {"timeout", "action"},
     {"downtime"},
+    {"delay", "direction"},
 };
 
 const EnumTable<Target> kTargets = {
@@ -180,9 +181,16 @@ FaultSpec read_params(Reader& r, const Fields& f, size_t type) {
             });
             return x;
         }
-        default: {
+        case 10: {
             RestartFault x;
             set_if(f, "downtime", x.downtime, duration);
+            return x;
+        }
+        default: {
+            SlowCloseFault x;
+            f.require(r, "delay");
+            set_if(f, "delay", x.delay, positive_duration);
+            set_if(f, "direction", x.direction, direction);
             return x;
         }
     }

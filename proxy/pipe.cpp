@@ -295,6 +295,14 @@ void Pipe::maybe_pass_fin() {
     if (!source_eof_ || mode_ != Mode::forward || sink_.fin_requested() || !sink_.usable()) return;
     if (sink_.queued_bytes() != 0 || held_bytes() != 0 || stalled_hold_ || holding_for_trigger_)
         return;
+    if (fin_delay_ms_ > 0) {
+        uint64_t now = uv_now(session_.loop());
+        if (fin_due_ms_ == 0) fin_due_ms_ = now + fin_delay_ms_;
+        if (now < fin_due_ms_) {
+            arm_timer(fin_due_ms_ - now);  // on_timer -> pump -> here again
+            return;
+        }
+    }
     int err = sink_.shutdown_write();
     if (err != 0) session_.on_peer_reset(sink_, err);
 }

@@ -56,6 +56,10 @@ class Pipe {
     void add_latency(config::Duration delay, config::Duration jitter);
     void set_bandwidth(uint64_t bytes_per_sec);
     void set_slice(uint64_t min_size, uint64_t max_size, config::Duration delay);
+    // slow_close: the source's FIN is passed on this long after it arrived.
+    void set_fin_delay(config::Duration d) {
+        fin_delay_ms_ = static_cast<uint64_t>(d.count() / 1000);
+    }
     // Stall: hold stops reading (backpressure, nothing lost); drop discards what arrives.
     void stall(config::StallFault::Mode mode);
     void unstall();
@@ -121,6 +125,8 @@ class Pipe {
     bool slice_wait_ = false;  // a slice delay is running
     bool stalled_hold_ = false;
     bool fin_wanted_ = false;
+    uint64_t fin_delay_ms_ = 0;
+    uint64_t fin_due_ms_ = 0;  // when a delayed FIN may pass; 0 = not yet scheduled
     uv_timer_t timer_{};
     bool timer_open_ = false;
 };

@@ -162,6 +162,9 @@ void Session::fire(size_t i) {
                    [&](const config::CapFault&) {},
                    [&](const config::RefuseFault&) {},
                    [&](const config::RestartFault&) {},
+                   [&](const config::SlowCloseFault& f) {
+                       each_pipe(f.direction, [&](Pipe& p) { p.set_fin_delay(f.delay); });
+                   },
                },
                rule.fault);
 }

@@ -492,7 +492,7 @@ proxies:
 TEST_CASE("error: unknown fault type") {
     CHECK(one_error(with_rules("      - name: r\n        fault: {type: rst}\n")) ==
           "t.yaml:8:23: unknown fault type \"rst\" (expected one of: reset, close, stall, latency, "
-          "bandwidth, slice, clamp, cap, refuse, idle, restart)");
+          "bandwidth, slice, clamp, cap, refuse, idle, restart, slow_close)");
     CHECK(one_error(with_rules("      - name: r\n        fault: {to: client}\n")) ==
           "t.yaml:8:16: fault is missing required key \"type\"");
 }
@@ -950,4 +950,18 @@ TEST_CASE("parse_rule reports errors like the file loader") {
     CHECK(r.errors[1].str() ==
           "body:1:31: when is not allowed for fault type \"refuse\" (it acts on the proxy, not on "
           "bytes)");
+}
+
+TEST_CASE("slow_close: delay is required, direction defaults to both") {
+    auto ok = tcpfault::config::parse_rule(
+        "{name: sc, fault: {type: slow_close, delay: 500ms, direction: downstream}}", "t");
+    REQUIRE(ok.rule);
+    auto& f = std::get<tcpfault::config::SlowCloseFault>(ok.rule->fault);
+    CHECK(f.delay == std::chrono::milliseconds(500));
+    CHECK(f.direction == tcpfault::config::Direction::downstream);
+    CHECK(std::string(tcpfault::config::fault_name(ok.rule->fault)) == "slow_close");
+    auto missing = tcpfault::config::parse_rule("{name: sc, fault: {type: slow_close}}", "t");
+    REQUIRE(missing.errors.size() == 1);
+    CHECK(missing.errors[0].message ==
+          "fault type \"slow_close\" is missing required key \"delay\"");
 }
