@@ -5,6 +5,7 @@
 
 #include "proxy/endpoint.hpp"
 #include "proxy/session.hpp"
+#include "proxy/uv_util.hpp"
 
 namespace tcpfault {
 
@@ -150,6 +151,13 @@ void Pipe::pump() {
             return;
         }
         size_t n = h.bytes.size() - h.off;
+        // Linux autocorks small writes made while an earlier one is still queued, merging
+        // the pieces back into one segment: the next piece waits until the last has left.
+        if (slice_max_ > 0 && unsent_bytes(sink_.tcp()) > 0) {
+            slice_wait_ = true;
+            arm_timer(0);
+            return;
+        }
         if (slice_max_ > 0) {
             std::uniform_int_distribution<uint64_t> d(slice_min_, slice_max_);
             n = std::min<size_t>(n, d(session_.rng()));

@@ -122,11 +122,13 @@ void ProxyServer::on_rule_tick() {
         bool window = rule.enabled && (!rule.match.schedule || rule.match.schedule->active_at(now));
         if (window && !w.window && record_fault(rule)) {
             w.engaged = true;
+            size_t open = sessions_.size();
+            if (restart_fault != nullptr) restart(restart_fault->downtime);
+            if (is_refuse && listener_open_) close_listener();
             log::info("fault injected", {{"proxy", cfg_->name},
                                          {"rule", rule.name},
                                          {"fault", config::fault_name(rule.fault)},
-                                         {"open_connections", sessions_.size()}});
-            if (restart_fault != nullptr) restart(restart_fault->downtime);
+                                         {"open_connections", open}});
         }
         if (!window) w.engaged = false;
         w.window = window;
@@ -146,20 +148,23 @@ void ProxyServer::on_rule_tick() {
 }
 
 void ProxyServer::restart(config::Duration downtime) {
-    log::info("restart", {{"proxy", cfg_->name},
-                          {"open_connections", sessions_.size()},
-                          {"downtime_ms", downtime.count() / 1000}});
+    size_t open = sessions_.size();
     abort_sessions(true);
-    if (downtime.count() <= 0) return;
-    restart_until_ms_ = uv_now(loop_) + static_cast<uint64_t>((downtime.count() + 999) / 1000);
-    close_listener();
-    // Proxies without refuse/restart rules (an API restart) need the clock to re-open.
-    if (!clock_open_ && !retired_) {
-        uv_timer_init(loop_, &clock_);
-        clock_.data = this;
-        clock_open_ = true;
-        uv_timer_start(&clock_, on_rule_clock, 10, 10);
+    if (downtime.count() > 0) {
+        restart_until_ms_ = uv_now(loop_) + static_cast<uint64_t>((downtime.count() + 999) / 1000);
+        close_listener();  // closes the socket now; new connects are refused from here on
+        // Proxies without refuse/restart rules (an API restart) need the clock to re-open.
+        if (!clock_open_ && !retired_) {
+            uv_timer_init(loop_, &clock_);
+            clock_.data = this;
+            clock_open_ = true;
+            uv_timer_start(&clock_, on_rule_clock, 10, 10);
+        }
     }
+    // Logged once it has happened, so a client reading the log sees the new state.
+    log::info("restart", {{"proxy", cfg_->name},
+                          {"open_connections", open},
+                          {"downtime_ms", downtime.count() / 1000}});
 }
 
 void ProxyServer::on_connection(uv_stream_t* listener, int status) {

@@ -1,7 +1,9 @@
 #include "proxy/uv_util.hpp"
 
 #include <arpa/inet.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 
 #include <cstring>
 
@@ -62,6 +64,13 @@ int tcp_fd(const uv_tcp_t* tcp) {
     uv_os_fd_t fd = -1;
     if (uv_fileno(reinterpret_cast<const uv_handle_t*>(tcp), &fd) != 0) return -1;
     return fd;
+}
+
+int unsent_bytes(const uv_tcp_t* tcp) {
+    int fd = tcp_fd(tcp);
+    int n = 0;
+    if (fd < 0 || ioctl(fd, SIOCOUTQNSD, &n) != 0) return 0;
+    return n;
 }
 
 void set_linger_zero(uv_tcp_t* tcp) {

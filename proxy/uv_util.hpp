@@ -28,4 +28,7 @@ void set_linger_zero(uv_tcp_t* tcp);
 
 int tcp_fd(const uv_tcp_t* tcp);
 
+// Bytes written to the socket but not yet sent (Linux SIOCOUTQNSD); 0 when unknown.
+int unsent_bytes(const uv_tcp_t* tcp);
+
 }  // namespace tcpfault
