@@ -280,6 +280,8 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
                                 const std::string& replaced) {
     std::shared_ptr<const config::Proxy> old = std::move(cfg_);
     cfg_ = std::move(cfg);
+    // A replaced rule is a new rule: its `limit` counts afresh (faults_total keeps counting).
+    if (!replaced.empty()) fired_.erase(replaced);
     set_metrics(metrics_);  // declares series for new rules
     start_rule_clock();     // the new rules may include refuse/restart
     // Rules that are new, or newly enabled, also hit open connections (`existing`).
