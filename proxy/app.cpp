@@ -1,8 +1,10 @@
 #include "proxy/app.hpp"
 
+#include <algorithm>
 #include <csignal>
 #include <map>
 
+#include "config/units.hpp"
 #include "proxy/clock.hpp"
 #include "proxy/log.hpp"
 #include "proxy/uv_util.hpp"
@@ -46,6 +48,11 @@ config::LoadResult App::load() {
 void App::apply_overrides(config::Config& cfg) const {
     if (opts_.log_level) cfg.log.level = *opts_.log_level;
     if (opts_.log_format) cfg.log.format = *opts_.log_format;
+    if (opts_.toxiproxy_api) {
+        // Validated in run() before we get here.
+        cfg.toxiproxy.enabled = true;
+        cfg.toxiproxy.listen = *config::parse_host_port(*opts_.toxiproxy_api, true);
+    }
     if (opts_.admin) {
         if (*opts_.admin == "off") {
             cfg.admin.enabled = false;
@@ -72,6 +79,14 @@ int App::run() {
         if (!ok) {
             log::error("invalid --admin address (expected HOST:PORT or off)",
                        {{"value", *opts_.admin}});
+            return 2;
+        }
+    }
+    if (opts_.toxiproxy_api) {
+        auto hp = config::parse_host_port(*opts_.toxiproxy_api, true);
+        if (!hp) {
+            log::error("invalid --toxiproxy-api address",
+                       {{"value", *opts_.toxiproxy_api}, {"error", hp.error}});
             return 2;
         }
     }
@@ -104,6 +119,7 @@ int App::run() {
 
     std::string err = apply(cfg_);
     if (err.empty()) err = start_admin();
+    if (err.empty()) err = start_toxiproxy();
     int exit_code = 0;
     if (!err.empty()) {
         log::error("cannot start", {{"error", err}});
@@ -172,6 +188,13 @@ std::string App::apply(const config::Config& cfg) {
     }
     for (auto& s : servers_) {
         if (!s) continue;
+        // Proxies made at runtime (Toxiproxy API) are not the file's to remove.
+        if (s->created_at_runtime() && running.count(s->name()) != 0 &&
+            std::none_of(cfg.proxies.begin(), cfg.proxies.end(),
+                         [&](const config::Proxy& p) { return p.name == s->name(); })) {
+            next.push_back(std::move(s));
+            continue;
+        }
         // Removed or re-bound: stop accepting; its open connections finish on their own.
         s->stop_accepting();
         retiring_.push_back(std::move(s));
@@ -201,6 +224,7 @@ std::string App::add_proxy(const config::Proxy& p) {
     auto server = std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p));
     server->set_seed(seed_);
     server->set_metrics(&metrics_);
+    server->set_created_at_runtime();
     server->set_on_idle([this] { schedule_reap(); });
     int e = server->listen();
     if (e != 0) {
@@ -250,6 +274,24 @@ std::string App::start_admin() {
     if (e != 0)
         return "admin: cannot listen on " + cfg_.admin.listen.str() + ": " + uv_error_string(e);
     log::info("admin listening", {{"addr", admin_->address()}});
+    return "";
+}
+
+std::string App::start_toxiproxy() {
+    if (!cfg_.toxiproxy.enabled) return "";
+    ToxiproxyApi::Hooks h;
+    h.servers = [this] { return servers(); };
+    h.find = [this](const std::string& n) { return find_server(n); };
+    h.add_proxy = [this](const config::Proxy& p) { return add_proxy(p); };
+    h.remove_proxy = [this](const std::string& n) { return remove_proxy(n); };
+    toxi_api_ = std::make_unique<ToxiproxyApi>(std::move(h));
+    toxi_http_ = std::make_unique<HttpServer>(
+        &loop_, [this](const HttpRequest& r) { return toxi_api_->handle(r); });
+    int e = toxi_http_->listen(cfg_.toxiproxy.listen.host, cfg_.toxiproxy.listen.port);
+    if (e != 0)
+        return "toxiproxy api: cannot listen on " + cfg_.toxiproxy.listen.str() + ": " +
+               uv_error_string(e);
+    log::info("toxiproxy api listening", {{"addr", toxi_http_->address()}});
     return "";
 }
 
@@ -340,6 +382,7 @@ void App::close_process_handles() {
     if (handles_closed_) return;
     handles_closed_ = true;
     if (admin_) admin_->close([] {});
+    if (toxi_http_) toxi_http_->close([] {});
     for (uv_handle_t* h :
          {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
           reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&grace_timer_),

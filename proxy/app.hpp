@@ -13,6 +13,7 @@
 #include "proxy/http_server.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/proxy_server.hpp"
+#include "proxy/toxiproxy_api.hpp"
 
 namespace tcpfault {
 
@@ -47,6 +48,7 @@ class App {
     void schedule_reap();
     void close_process_handles();
     std::string start_admin();
+    std::string start_toxiproxy();
 
     static void on_signal(uv_signal_t* h, int signum);
     static void on_grace_timeout(uv_timer_t* t);
@@ -58,6 +60,8 @@ class App {
     Metrics metrics_;
     std::unique_ptr<AdminApi> api_;
     std::unique_ptr<HttpServer> admin_;
+    std::unique_ptr<ToxiproxyApi> toxi_api_;
+    std::unique_ptr<HttpServer> toxi_http_;
     std::vector<std::unique_ptr<ProxyServer>> servers_;
     // Proxies removed or re-bound by a reload, finishing their open sessions.
     std::vector<std::unique_ptr<ProxyServer>> retiring_;

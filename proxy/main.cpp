@@ -35,10 +35,6 @@ int main(int argc, char** argv) {
         case Options::Mode::run:
             break;
     }
-    if (o.toxiproxy_api) {
-        std::fprintf(stderr, "tcpfault: --toxiproxy-api is not implemented yet\n");
-        return 2;
-    }
     tcpfault::App app(o);
     return app.run();
 }

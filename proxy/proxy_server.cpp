@@ -284,6 +284,8 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
     if (!replaced.empty()) fired_.erase(replaced);
     set_metrics(metrics_);  // declares series for new rules
     start_rule_clock();     // the new rules may include refuse/restart
+    // Switching refuse on or off acts now, not at the next tick.
+    if (clock_open_) on_rule_tick();
     // Rules that are new, or newly enabled, also hit open connections (`existing`).
     for (const auto& rule : cfg_->rules) {
         if (!rule.match.existing || !rule.enabled) continue;

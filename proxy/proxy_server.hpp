@@ -58,6 +58,9 @@ class ProxyServer {
     void apply_to_open_sessions(const config::Rule& rule);
 
     const config::Proxy& config() const { return *cfg_; }
+    // Made over an API rather than by the file: a reload leaves it alone.
+    void set_created_at_runtime() { created_at_runtime_ = true; }
+    bool created_at_runtime() const { return created_at_runtime_; }
     const std::string& name() const { return cfg_->name; }
     uv_loop_t* loop() const { return loop_; }
     std::string listen_addr() const { return listen_addr_; }
@@ -127,6 +130,7 @@ class ProxyServer {
     bool listener_open_ = false;
     bool listener_closing_ = false;
     bool retired_ = false;
+    bool created_at_runtime_ = false;
     sockaddr_storage bound_{};  // the real address once bound, so a re-open keeps port 0's pick
     std::string listen_addr_;
     uv_timer_t clock_{};

@@ -23,10 +23,12 @@
 //   slow_close {delay}                       slow_close {delay}
 //   timeout    {timeout}                     stall {mode: drop, duration: timeout, then: close};
 //                                            timeout 0: stall (drop) forever
-//   reset_peer {timeout}                     reset {to: both, flush: false}, when.after: timeout
+//   reset_peer {timeout}                     reset {to: both, flush: false}, when: the stream's
+//                                            first data (held, not passed on), after: timeout
 //   slicer     {average_size, size_variation, delay (µs)}
 //                                            slice {size: max(1,avg-var)-(avg+var), delay}
-//   limit_data {bytes}                       close {to: both}, when.after_bytes: bytes
+//   limit_data {bytes}                       close {to: both}, when.after_bytes: bytes, counted
+//                                            from the stream's first data after it was added
 //   noop       {}                            latency 0 (a rule that does nothing)
 #pragma once
 
@@ -54,7 +56,7 @@ class ToxiproxyApi {
     };
 
     // The Toxiproxy release whose API this emulates (GET /version).
-    static constexpr const char* kVersion = "2.12.0";
+    static constexpr const char* kVersion = "2.9.0";
     // The refuse rule that takes a proxy down.
     static constexpr const char* kDisabledRule = "toxiproxy-disabled";
 

@@ -163,3 +163,19 @@ TEST_CASE("a rule added mid-connection counts from the connection's start") {
     CHECK(timed.wants_timer());
     CHECK(timed.time_needed() == std::chrono::seconds(2));
 }
+
+TEST_CASE("an empty data needle matches at the next byte (Toxiproxy's reset_peer/limit_data)") {
+    config::When w;
+    w.data = "";
+    w.after_bytes = 0;
+    w.after = std::chrono::milliseconds(100);
+    Trigger t(&w);
+    CHECK_FALSE(t.start());
+    CHECK(t.watches(config::Direction::upstream));
+    std::string s = "first data";
+    auto step = t.feed(s.data(), s.size());
+    // Held at offset 0: nothing of the first data passes before the time condition.
+    CHECK(step.hold);
+    CHECK(step.pass == 0);
+    CHECK(t.time_reached());
+}

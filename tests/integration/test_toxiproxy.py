@@ -1,0 +1,187 @@
+"""Toxiproxy compatibility (SPEC section 7): Toxiproxy's own Node client, the npm package
+toxiproxy-node-client, runs tests/toxiproxy/test.js against tcpfault's Toxiproxy API; plus the
+API's proxies and toxics seen from tcpfault's side (admin API, metrics, config-file proxies).
+
+The client is installed once with `npm install --no-audit --no-fund` into a cache directory
+outside the work tree: $TCPFAULT_NODE_CACHE, default ~/.cache/tcpfault/toxiproxy-node (keyed by
+tests/toxiproxy/package.json). Without node and npm the node test is skipped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from admin_helpers import Admin, admin_port
+from helpers import LOOPBACK, SOURCE_DIR, connect, parse_addr, recv_exact
+
+NODE_TEST_DIR = SOURCE_DIR / "tests" / "toxiproxy"
+API_LOG = "toxiproxy api listening"  # the log line with the Toxiproxy API's address
+
+
+def toxiproxy_yaml(proxies: str = "[]", toxiproxy_listen: str = "127.0.0.1:0",
+                   admin: str = "127.0.0.1:0") -> str:
+    out = [f"admin: {{listen: {admin}}}", "log: {format: json, level: info}"]
+    if toxiproxy_listen:
+        out.append(f"toxiproxy: {{listen: {toxiproxy_listen}}}")
+    out.append(f"proxies: {proxies}" if proxies.startswith("[") else "proxies:\n" + proxies)
+    return "\n".join(out) + "\n"
+
+
+def api_port(proc, timeout: float = 10.0) -> int:
+    rec = proc.wait_for_log(API_LOG, timeout=timeout)[0]
+    host, port = parse_addr(rec["addr"])
+    assert host == LOOPBACK and port != 0, f"unexpected Toxiproxy API address in {rec}"
+    return port
+
+
+def _node_modules() -> Path:
+    """node_modules with toxiproxy-node-client, installed on first use."""
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        pytest.skip("node and npm are needed to run Toxiproxy's Node client")
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cache = Path(os.environ.get("TCPFAULT_NODE_CACHE") or default / "tcpfault" / "toxiproxy-node")
+    cache.mkdir(parents=True, exist_ok=True)
+    pkg = (NODE_TEST_DIR / "package.json").read_text()
+    marker = cache / "node_modules" / "toxiproxy-node-client" / "package.json"
+    with open(cache / ".lock", "w") as lock:  # parallel test runs share the cache
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = cache / "package.json"
+        if not marker.is_file() or not current.is_file() or current.read_text() != pkg:
+            current.write_text(pkg)
+            r = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--no-package-lock"],
+                               cwd=cache, capture_output=True, text=True, timeout=600,
+                               stdin=subprocess.DEVNULL)
+            if r.returncode != 0 or not marker.is_file():
+                current.unlink(missing_ok=True)
+                pytest.fail(f"npm install of toxiproxy-node-client failed (exit {r.returncode}):\n"
+                            f"{r.stdout}\n{r.stderr}", pytrace=False)
+    return cache / "node_modules"
+
+
+def run_node_client(port: int) -> None:
+    modules = _node_modules()
+    env = dict(os.environ, TOXIPROXY_URL=f"http://{LOOPBACK}:{port}", NODE_PATH=str(modules))
+    r = subprocess.run(["node", "--test", "--test-reporter=spec", "test.js"], cwd=NODE_TEST_DIR,
+                       env=env, capture_output=True, text=True, timeout=300,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, f"toxiproxy-node-client test failed:\n{r.stdout}\n{r.stderr}"
+
+
+def test_node_client_against_toxiproxy_listen(tcpfault):
+    """`toxiproxy: {listen: ...}` with `proxies: []`: the client creates everything."""
+    p = tcpfault.from_config(toxiproxy_yaml(), listening=0)
+    run_node_client(api_port(p))
+
+
+def test_node_client_against_cli_flag(tcpfault):
+    """`--toxiproxy-api ADDR` turns the API on without a toxiproxy section."""
+    path = tcpfault.write_config(toxiproxy_yaml(toxiproxy_listen="", admin='"off"'))
+    p = tcpfault.spawn(["-c", str(path), "--toxiproxy-api", "127.0.0.1:0"])
+    port = api_port(p)
+    api = Admin(port)
+    v = api.get("/version")
+    assert v.status == 200, v
+    assert v.json()["version"].split(".")[0] == "2"
+    run_node_client(port)
+
+
+def test_toxiproxy_proxies_are_tcpfault_proxies(tcpfault, servers):
+    """Proxies and toxics made over the Toxiproxy API are ordinary proxies and rules: in the
+    admin API and the metrics. Config-file proxies are in the Toxiproxy API; /reset re-enables
+    them but keeps their own rules."""
+    echo = servers.echo()
+    file_proxy = (f"  - name: fromfile\n    listen: 127.0.0.1:0\n    upstream: \"{echo.addr}\"\n"
+                  f"    rules:\n      - {{name: own, enabled: false, fault: {{type: reset}}}}\n")
+    p = tcpfault.from_config(toxiproxy_yaml(proxies=file_proxy), listening=1)
+    admin = Admin(admin_port(p))
+    toxi = Admin(api_port(p))
+
+    r = toxi.post("/proxies", {"name": "Shop.Cache", "listen": "127.0.0.1:0",
+                               "upstream": echo.addr})
+    assert r.status == 201, r
+    created = r.json()
+    assert list(created) == ["name", "listen", "upstream", "enabled", "toxics"]
+    assert created["name"] == "Shop.Cache" and created["enabled"] is True
+    r = toxi.post("/proxies/Shop.Cache/toxics",
+                  {"type": "latency", "attributes": {"latency": 200, "jitter": 0}})
+    assert r.status == 200, r
+    assert r.json() == {"attributes": {"latency": 200, "jitter": 0}, "name": "latency_downstream",
+                        "type": "latency", "stream": "downstream", "toxicity": 1}
+
+    # Through the proxy: the latency shows.
+    addr = parse_addr(created["listen"])
+    s = connect(addr)
+    t0 = time.monotonic()
+    s.sendall(b"ping")
+    assert recv_exact(s, 4) == b"ping"
+    assert time.monotonic() - t0 >= 0.18
+    s.close()
+
+    # tcpfault's side: a proxy named shop-cache with the rule.
+    mine = admin.proxy("shop-cache")
+    assert mine["listen"] == created["listen"]
+    rules = {r["name"]: r for r in mine["rules"]}
+    assert rules["latency_downstream"]["fault"] == "latency"
+    assert rules["latency_downstream"]["fired"] >= 1
+    m = admin.wait_metric("tcpfault_connections_total", 1.0, proxy="shop-cache")
+    assert m.need("tcpfault_faults_total", proxy="shop-cache", rule="latency_downstream",
+                  fault="latency") >= 1
+
+    # The file proxy in the Toxiproxy API, down and up again through /reset.
+    listed = toxi.get("/proxies").json()
+    assert set(listed) >= {"fromfile", "Shop.Cache"}
+    assert listed["fromfile"]["toxics"] == []
+    assert toxi.post("/proxies/fromfile", {"enabled": False}).json()["enabled"] is False
+    down = {r["name"]: r for r in admin.proxy("fromfile")["rules"]}
+    assert down["toxiproxy-disabled"]["fault"] == "refuse"
+    assert down["toxiproxy-disabled"]["enabled"] is True
+    file_addr = p.addr("fromfile")
+    with pytest.raises(ConnectionRefusedError):
+        connect(file_addr).close()
+    assert toxi.post("/reset").status == 204
+    after = {r["name"]: r for r in admin.proxy("fromfile")["rules"]}
+    assert "own" in after and after["toxiproxy-disabled"]["enabled"] is False
+    assert "latency_downstream" not in {r["name"] for r in admin.proxy("shop-cache")["rules"]}
+    deadline = time.monotonic() + 2
+    while True:  # the listener re-opens on the proxy's next rule tick
+        try:
+            s = connect(file_addr)
+            break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "fromfile still refuses after /reset"
+            time.sleep(0.01)
+    s.sendall(b"back")
+    assert recv_exact(s, 4) == b"back"
+    s.close()
+
+    # Deleting over the Toxiproxy API removes the tcpfault proxy.
+    assert toxi.delete("/proxies/Shop.Cache").status == 204
+    assert admin.get("/api/proxies/shop-cache").status == 404
+    with pytest.raises(ConnectionRefusedError):
+        connect(addr).close()
+
+
+def test_error_bodies(tcpfault):
+    p = tcpfault.from_config(toxiproxy_yaml(), listening=0)
+    toxi = Admin(api_port(p))
+    r = toxi.get("/proxies/nope")
+    assert (r.status, r.json()) == (404, {"error": "proxy not found", "status": 404})
+    r = toxi.post("/proxies", "{")
+    assert (r.status, r.json()) == (400, {"error": "bad request body: unexpected EOF",
+                                          "status": 400})
+    r = toxi.post("/proxies", {"name": "x"})
+    assert r.json() == {"error": "missing required field: upstream", "status": 400}
+    r = toxi.get("/nope")
+    assert r.status == 404 and r.text == "404 page not found\n"
+    assert toxi.request("PUT", "/proxies").status == 405
+    r = toxi.get("/proxies", headers={"User-Agent": "Mozilla/5.0"})
+    assert r.status == 403
+    assert toxi.get("/proxies").json() == {}
