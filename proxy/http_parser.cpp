@@ -52,15 +52,8 @@ std::string to_lower(std::string_view s) {
     return out;
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
-    for (size_t i = 0; i < a.size(); ++i)
-        if (lower(a[i]) != lower(b[i])) return false;
-    return true;
-}
-
 bool istarts_with(std::string_view s, std::string_view prefix) {
-    return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+    return s.size() >= prefix.size() && ascii_iequals(s.substr(0, prefix.size()), prefix);
 }
 
 std::string_view trim(std::string_view s) {
@@ -101,6 +94,13 @@ bool parse_decimal(std::string_view s, uint64_t* out) {
 }
 
 }  // namespace
+
+bool ascii_iequals(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+        if (lower(a[i]) != lower(b[i])) return false;
+    return true;
+}
 
 const std::string* HttpRequest::header(std::string_view lower_name) const {
     for (const auto& [name, value] : headers)
@@ -428,13 +428,13 @@ HttpRequestParser::Status HttpRequestParser::parse_head(size_t end) {
             transfer_encoding += value;
         } else if (name == "connection") {
             for_each_list_item(value, [&](std::string_view item) {
-                if (iequals(item, "close")) conn_close = true;
-                if (iequals(item, "keep-alive")) conn_keep_alive = true;
+                if (ascii_iequals(item, "close")) conn_close = true;
+                if (ascii_iequals(item, "keep-alive")) conn_keep_alive = true;
             });
         } else if (name == "host") {
             if (++hosts > 1) return fail(400, "duplicate Host header");
         } else if (name == "expect") {
-            if (iequals(value, "100-continue")) req.expect_continue = true;
+            if (ascii_iequals(value, "100-continue")) req.expect_continue = true;
         }
         req.headers.emplace_back(std::move(name), std::string(value));
     }
@@ -454,7 +454,7 @@ HttpRequestParser::Status HttpRequestParser::parse_head(size_t end) {
         for_each_list_item(transfer_encoding, [&](std::string_view item) {
             if (item.empty())
                 empty = true;
-            else if (iequals(item, "chunked"))
+            else if (ascii_iequals(item, "chunked"))
                 ++chunked;
             else
                 other = true;

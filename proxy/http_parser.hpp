@@ -101,4 +101,7 @@ class HttpRequestParser {
 // Percent-decodes `in` into `out`; false on a malformed escape or an encoded NUL.
 bool percent_decode(std::string_view in, std::string& out);
 
+// ASCII case-insensitive equality (header names and tokens, JSON keys the Go way).
+bool ascii_iequals(std::string_view a, std::string_view b);
+
 }  // namespace tcpfault

@@ -76,17 +76,6 @@ const char* reason_phrase(int status) {
     }
 }
 
-bool ascii_iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
-    for (size_t i = 0; i < a.size(); ++i) {
-        char x = a[i], y = b[i];
-        if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
-        if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
-        if (x != y) return false;
-    }
-    return true;
-}
-
 bool ascii_icontains(std::string_view s, std::string_view needle) {
     for (size_t i = 0; i + needle.size() <= s.size(); ++i)
         if (ascii_iequals(s.substr(i, needle.size()), needle)) return true;

@@ -49,23 +49,12 @@ const char* kind_name(Json::Kind k) {
     return "value";
 }
 
-bool equal_fold(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
-    for (size_t i = 0; i < a.size(); ++i) {
-        char x = a[i], y = b[i];
-        if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
-        if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
-        if (x != y) return false;
-    }
-    return true;
-}
-
 // The member Go would decode into the field `name`: keys match case-insensitively and the last
 // matching key wins.
 const Json* field(const Json& obj, std::string_view name) {
     const Json* found = nullptr;
     for (const auto& [k, v] : obj.members)
-        if (equal_fold(k, name)) found = &v;
+        if (ascii_iequals(k, name)) found = &v;
     return found;
 }
 
@@ -619,7 +608,7 @@ std::optional<config::HostPort> parse_listen(const std::string& text, std::strin
     std::string host = t.substr(0, colon);
     if (host.empty())
         t = "[::]" + t.substr(colon);
-    else if (equal_fold(host, "localhost"))
+    else if (ascii_iequals(host, "localhost"))
         t = "127.0.0.1" + t.substr(colon);
     auto hp = config::parse_host_port(t, true);
     if (!hp) {
@@ -1214,9 +1203,9 @@ HttpResponse ToxiproxyApi::create_toxic(ProxyServer& p, const std::string& body)
             d.type_error(*attrs, "attributes", "toxics.NoopToxic");
     }
     if (!d.error().empty()) return bad_body(d.error());
-    if (equal_fold(t.stream, "upstream"))
+    if (ascii_iequals(t.stream, "upstream"))
         t.upstream = true;
-    else if (!equal_fold(t.stream, "downstream"))
+    else if (!ascii_iequals(t.stream, "downstream"))
         return api_error(400, "stream was invalid, can be either upstream or downstream");
     if (t.name.empty()) t.name = t.type + "_" + t.stream;
     const ToxicKind* kind = toxic_kind(t.type);
