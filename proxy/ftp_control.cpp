@@ -125,6 +125,11 @@ std::string FtpControl::on_command(std::string_view line) {
         untouched("active data", line, err);
         return std::string(line);
     }
+    log::debug("ftp: active data via proxy",
+               {{"proxy", session_.server().name()},
+                {"conn", session_.id()},
+                {"client_data", format_addr(reinterpret_cast<sockaddr*>(&target))},
+                {"proxy_data", format_addr(reinterpret_cast<sockaddr*>(&ours))}});
     if (port_cmd) return faults::format_port_command(*reinterpret_cast<sockaddr_in*>(&ours));
     return faults::format_eprt_command(reinterpret_cast<sockaddr*>(&ours));
 }

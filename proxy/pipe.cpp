@@ -43,6 +43,7 @@ void Pipe::on_read(Chunk& chunk, ssize_t nread) {
             case Mode::drop:
                 break;
             case Mode::reset_on_data:
+            case Mode::reset_on_segment:
                 session_.on_data_after_close(source_);
                 break;
         }
@@ -51,6 +52,10 @@ void Pipe::on_read(Chunk& chunk, ssize_t nread) {
     if (nread == UV_EOF) {
         source_eof_ = true;
         session_.trace(dir_ == config::Direction::upstream ? "client eof" : "server eof");
+        if (mode_ == Mode::reset_on_segment) {
+            session_.on_data_after_close(source_);
+            return;
+        }
         if (mode_ != Mode::forward) {
             session_.on_eof_after_close(source_);
             return;

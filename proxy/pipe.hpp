@@ -33,7 +33,10 @@ class Pipe {
     enum class Mode {
         forward,        // normal
         drop,           // read and discard (stall drop, idle drop, close then discard)
-        reset_on_data,  // the first byte is answered with RST (close then reset, idle reset)
+        reset_on_data,  // the first byte is answered with RST (close then reset)
+        // Any segment, data or FIN, is answered with RST: a firewall that forgot the flow
+        // (idle reset).
+        reset_on_segment,
     };
 
     Pipe(Session& session, Endpoint& source, Endpoint& sink, config::Direction dir)

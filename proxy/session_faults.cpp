@@ -267,8 +267,8 @@ void Session::on_fault_timer(uv_timer_t* t) {
             switch (self->idle_->action) {
                 case config::IdleFault::Action::reset:
                     // A firewall that forgot the flow answers the next segment with RST.
-                    self->up_.set_mode(Pipe::Mode::reset_on_data);
-                    self->down_.set_mode(Pipe::Mode::reset_on_data);
+                    self->up_.set_mode(Pipe::Mode::reset_on_segment);
+                    self->down_.set_mode(Pipe::Mode::reset_on_segment);
                     break;
                 case config::IdleFault::Action::drop:
                     self->up_.set_mode(Pipe::Mode::drop);
