@@ -49,44 +49,27 @@ void App::apply_overrides(config::Config& cfg) const {
     if (opts_.log_level) cfg.log.level = *opts_.log_level;
     if (opts_.log_format) cfg.log.format = *opts_.log_format;
     if (opts_.toxiproxy_api) {
+        cfg.toxiproxy.enabled = *opts_.toxiproxy_api != "off";
         // Validated in run() before we get here.
-        cfg.toxiproxy.enabled = true;
-        cfg.toxiproxy.listen = *config::parse_host_port(*opts_.toxiproxy_api, true);
+        if (cfg.toxiproxy.enabled)
+            cfg.toxiproxy.listen = *config::parse_host_port(*opts_.toxiproxy_api, true);
     }
     if (opts_.admin) {
-        if (*opts_.admin == "off") {
-            cfg.admin.enabled = false;
-        } else {
-            cfg.admin.enabled = true;
-            // Validated in run() before we get here.
-            auto pos = opts_.admin->rfind(':');
-            cfg.admin.listen.host = opts_.admin->substr(0, pos);
-            if (cfg.admin.listen.host.size() > 1 && cfg.admin.listen.host.front() == '[')
-                cfg.admin.listen.host =
-                    cfg.admin.listen.host.substr(1, cfg.admin.listen.host.size() - 2);
-            cfg.admin.listen.port = static_cast<uint16_t>(std::stoi(opts_.admin->substr(pos + 1)));
-        }
+        cfg.admin.enabled = *opts_.admin != "off";
+        // Validated in run() before we get here.
+        if (cfg.admin.enabled) cfg.admin.listen = *config::parse_host_port(*opts_.admin, true);
     }
 }
 
 int App::run() {
-    if (opts_.admin && *opts_.admin != "off") {
-        auto pos = opts_.admin->rfind(':');
-        bool ok = pos != std::string::npos && pos + 1 < opts_.admin->size() &&
-                  opts_.admin->find_first_not_of("0123456789", pos + 1) == std::string::npos &&
-                  opts_.admin->size() - pos - 1 <= 5 &&
-                  std::stoi(opts_.admin->substr(pos + 1)) <= 65535;
-        if (!ok) {
-            log::error("invalid --admin address (expected HOST:PORT or off)",
-                       {{"value", *opts_.admin}});
-            return 2;
-        }
-    }
-    if (opts_.toxiproxy_api) {
-        auto hp = config::parse_host_port(*opts_.toxiproxy_api, true);
+    // The flags' addresses are checked like the file's, before anything starts.
+    for (const auto& [flag, value] :
+         {std::pair{"--admin", opts_.admin}, std::pair{"--toxiproxy-api", opts_.toxiproxy_api}}) {
+        if (!value || *value == "off") continue;
+        auto hp = config::parse_host_port(*value, true);
         if (!hp) {
-            log::error("invalid --toxiproxy-api address",
-                       {{"value", *opts_.toxiproxy_api}, {"error", hp.error}});
+            log::error("invalid address",
+                       {{"option", flag}, {"value", *value}, {"error", hp.error}});
             return 2;
         }
     }
