@@ -21,7 +21,7 @@ void Pipe::set_mode(Mode m) {
 
 bool Pipe::shaping() const {
     return latency_.count() > 0 || jitter_.count() > 0 || rate_ > 0 || slice_max_ > 0 ||
-           stalled_hold_ || !queue_.empty();
+           stalled_hold_ || !queue_empty();
 }
 
 void Pipe::on_read(Chunk& chunk, ssize_t nread) {
@@ -139,7 +139,8 @@ void Pipe::emit(const char* p, size_t n, Chunk* owner) {
     // Order is preserved: a chunk never leaves before the one read ahead of it.
     uint64_t release = std::max(now + (delay_us + 500) / 1000, last_release_ms_);
     last_release_ms_ = release;
-    queue_.push_back(Held{std::string(p, n), 0, release});
+    if (!queue_) queue_ = std::make_unique<std::deque<Held>>();
+    queue_->push_back(Held{std::string(p, n), 0, release});
     queued_held_ += n;
     apply_backpressure();
     pump();
@@ -148,9 +149,9 @@ void Pipe::emit(const char* p, size_t n, Chunk* owner) {
 void Pipe::pump() {
     if (!sink_.usable() || slice_wait_ || stalled_hold_) return;
     uint64_t now = uv_now(session_.loop());
-    while (!queue_.empty()) {
+    while (!queue_empty()) {
         if (sink_.queued_bytes() >= kHighWatermark) return;  // on_write_done pumps again
-        Held& h = queue_.front();
+        Held& h = queue_->front();
         if (h.release_ms > now) {
             arm_timer(h.release_ms - now);
             return;
@@ -188,8 +189,8 @@ void Pipe::pump() {
         }
         h.off += n;
         queued_held_ -= n;
-        if (h.off == h.bytes.size()) queue_.pop_front();
-        if (slice_max_ > 0 && !queue_.empty()) {
+        if (h.off == h.bytes.size()) queue_->pop_front();
+        if (slice_max_ > 0 && !queue_empty()) {
             // One piece per timer turn: pieces leave as separate segments (TCP_NODELAY).
             slice_wait_ = true;
             arm_timer(slice_delay_ms_);
@@ -265,7 +266,7 @@ void Pipe::discard_pending(bool keep_shaped) {
     trigger_hold_.clear();
     holding_for_trigger_ = false;
     if (keep_shaped && !stalled_hold_) return;
-    queue_.clear();
+    queue_.reset();
     queued_held_ = 0;
 }
 
@@ -275,7 +276,7 @@ void Pipe::finish_with_fin() {
 }
 
 void Pipe::try_fin() {
-    if (!fin_wanted_ || !queue_.empty() || !sink_.usable() || sink_.fin_requested()) return;
+    if (!fin_wanted_ || !queue_empty() || !sink_.usable() || sink_.fin_requested()) return;
     if (sink_.shutdown_write() != 0) sink_.reset();
 }
 

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <string>
 
 #include "config/config.hpp"
@@ -112,7 +113,10 @@ class Pipe {
     faults::FtpLineFilter* filter_ = nullptr;
 
     // Shaping state.
-    std::deque<Held> queue_;
+    // Allocated on first use: an empty std::deque already costs ~600 bytes of heap, and most
+    // connections never shape a byte.
+    std::unique_ptr<std::deque<Held>> queue_;
+    bool queue_empty() const { return !queue_ || queue_->empty(); }
     size_t queued_held_ = 0;
     std::string trigger_hold_;  // bytes behind a hold point, not yet scanned by triggers
     bool holding_for_trigger_ = false;

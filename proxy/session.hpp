@@ -11,11 +11,11 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "config/config.hpp"
+#include "faults/rule_matcher.hpp"
 #include "faults/trigger.hpp"
 #include "proxy/endpoint.hpp"
 #include "proxy/pipe.hpp"
@@ -53,7 +53,7 @@ class Session {
 
     uv_loop_t* loop() const;
     ProxyServer& server() { return server_; }
-    std::mt19937_64& rng() { return rng_; }
+    faults::SplitMix64& rng() { return rng_; }
     // True once a terminal fault or a reset ends the connection: no more bytes move.
     bool ending() const { return closing_ || terminal_; }
 
@@ -185,7 +185,7 @@ class Session {
     sockaddr_storage peer_{};
     std::vector<size_t> pending_fire_;
     int watching_[2] = {0, 0};  // rules whose trigger reads upstream / downstream bytes
-    std::mt19937_64 rng_;
+    faults::SplitMix64 rng_;
     uv_timer_t fault_timer_{};
     bool fault_timer_open_ = false;
     // Deadlines in uv_now() milliseconds; 0 = not set.
