@@ -8,6 +8,7 @@
 
 #include "config/env_expand.hpp"
 #include "config/parse_internal.hpp"
+#include "config/yaml_guard.hpp"
 
 namespace tcpfault::config::detail {
 
@@ -270,6 +271,11 @@ std::string position_str(Position p) {
 }
 
 std::optional<YAML::Node> parse_document(Reader& r, const std::string& text) {
+    if (auto m = flow_too_deep(text)) {
+        r.error(r.pos(*m), "invalid YAML: nesting deeper than " + std::to_string(kMaxFlowDepth) +
+                               " levels of [ ] or { }");
+        return std::nullopt;
+    }
     std::vector<YAML::Node> docs;
     try {
         docs = YAML::LoadAll(text);

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "config/units.hpp"
+#include "config/yaml_guard.hpp"
 #include "faults/rule_matcher.hpp"
 #include "proxy/clock.hpp"
 #include "proxy/log.hpp"
@@ -273,6 +274,8 @@ HttpResponse AdminApi::switch_rule(ProxyServer& p, const std::string& name, bool
 HttpResponse AdminApi::restart(ProxyServer& p, const std::string& body) {
     config::Duration downtime{0};
     if (body.find_first_not_of(" \t\r\n") != std::string::npos) {
+        if (config::flow_too_deep(body))
+            return error(400, "body nests too deeply; expected {\"downtime\": \"5s\"}");
         try {
             YAML::Node n = YAML::Load(body);
             if (!n.IsMap())

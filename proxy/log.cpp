@@ -63,34 +63,66 @@ bool enabled(config::LogLevel level) {
     return static_cast<int>(level) <= static_cast<int>(g_level);
 }
 
+namespace {
+// Length of the well-formed UTF-8 sequence starting at s[i], or 0 if it is not one.
+size_t utf8_sequence(std::string_view s, size_t i) {
+    auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+    auto cont = [&](size_t k) { return k < s.size() && (b(k) & 0xC0) == 0x80; };
+    unsigned char c = b(i);
+    if (c >= 0xC2 && c <= 0xDF) return cont(i + 1) ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (!cont(i + 1) || !cont(i + 2)) return 0;
+        if (c == 0xE0 && b(i + 1) < 0xA0) return 0;  // overlong
+        if (c == 0xED && b(i + 1) > 0x9F) return 0;  // UTF-16 surrogate
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (!cont(i + 1) || !cont(i + 2) || !cont(i + 3)) return 0;
+        if (c == 0xF0 && b(i + 1) < 0x90) return 0;  // overlong
+        if (c == 0xF4 && b(i + 1) > 0x8F) return 0;  // above U+10FFFF
+        return 4;
+    }
+    return 0;
+}
+}  // namespace
+
+// Output is always valid UTF-8 JSON: bytes that are not well-formed UTF-8 (request paths and
+// bodies echoed in errors, peer data in logs) become U+FFFD.
 std::string json_escape(std::string_view s) {
     std::string out;
     out.reserve(s.size() + 8);
-    for (unsigned char c : s) {
+    for (size_t i = 0; i < s.size(); ++i) {
+        unsigned char c = static_cast<unsigned char>(s[i]);
         switch (c) {
             case '"':
                 out += "\\\"";
-                break;
+                continue;
             case '\\':
                 out += "\\\\";
-                break;
+                continue;
             case '\n':
                 out += "\\n";
-                break;
+                continue;
             case '\r':
                 out += "\\r";
-                break;
+                continue;
             case '\t':
                 out += "\\t";
-                break;
+                continue;
             default:
-                if (c < 0x20 || c == 0x7f) {
-                    char buf[8];
-                    snprintf(buf, sizeof buf, "\\u%04x", c);
-                    out += buf;
-                } else {
-                    out += static_cast<char>(c);
-                }
+                break;
+        }
+        if (c < 0x20 || c == 0x7f) {
+            char buf[8];
+            snprintf(buf, sizeof buf, "\\u%04x", c);
+            out += buf;
+        } else if (c < 0x80) {
+            out += static_cast<char>(c);
+        } else if (size_t n = utf8_sequence(s, i); n > 0) {
+            out.append(s.substr(i, n));
+            i += n - 1;
+        } else {
+            out += "\\ufffd";
         }
     }
     return out;

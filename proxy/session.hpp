@@ -190,6 +190,7 @@ class Session {
     bool fault_timer_open_ = false;
     // Deadlines in uv_now() milliseconds; 0 = not set.
     uint64_t stall_deadline_ = 0;
+    uint64_t stall_check_ = 0;  // next look at whether both stalled peers are gone
     uint64_t idle_deadline_ = 0;
     uint64_t flush_deadline_ = 0;  // reset with flush: give up waiting for acks
     uint64_t last_activity_ms_ = 0;

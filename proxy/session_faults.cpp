@@ -32,6 +32,27 @@ bool hits_server(config::Target t) {
     return t != config::Target::client;
 }
 
+// A stall that holds does not read, so it cannot see a FIN: the kernel's TCP state says
+// whether the peer has closed (or reset) its end.
+constexpr uint64_t kStallCheckMs = 1000;
+bool peer_closed(Endpoint& e) {
+    if (!e.usable()) return true;
+    int fd = tcp_fd(e.tcp());
+    tcp_info info{};
+    socklen_t len = sizeof info;
+    if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return false;
+    switch (info.tcpi_state) {
+        case TCP_CLOSE_WAIT:
+        case TCP_LAST_ACK:
+        case TCP_CLOSING:
+        case TCP_TIME_WAIT:
+        case TCP_CLOSE:
+            return true;
+        default:
+            return false;
+    }
+}
+
 // Bytes sent but not yet acknowledged by the peer (Linux SIOCOUTQ).
 int unacked_bytes(uv_tcp_t* tcp) {
     int fd = tcp_fd(tcp);
@@ -205,6 +226,7 @@ void Session::rearm_fault_timer() {
     for (const auto& r : rules_)
         if (!r.done) consider(r.deadline_ms);
     consider(stall_deadline_);
+    consider(stall_check_);
     consider(idle_deadline_);
     if (flushing_) consider(uv_now(loop()) + kFlushPollMs);
     if (next == 0) {
@@ -242,12 +264,21 @@ void Session::on_fault_timer(uv_timer_t* t) {
         }
         self->recount_watchers();
     }
+    if (!self->ending() && self->stall_check_ != 0 && self->stall_check_ <= now) {
+        // Nobody is left on either side: end the session instead of stalling forever.
+        if (peer_closed(self->client_) && peer_closed(self->upstream_)) {
+            self->close_all();
+            return;
+        }
+        self->stall_check_ = now + kStallCheckMs;
+    }
     if (!self->ending() && self->stall_deadline_ != 0 && self->stall_deadline_ <= now) {
         self->stall_deadline_ = 0;
         const config::StallFault& f = *self->stall_;
         switch (f.then) {
             case config::StallFault::Then::resume:
                 self->each_pipe(f.direction, [](Pipe& p) { p.unstall(); });
+                self->stall_check_ = 0;
                 break;
             case config::StallFault::Then::reset:
                 self->fault_reset(config::Target::both, false);
@@ -377,6 +408,8 @@ void Session::on_eof_after_close(Endpoint& who) {
 void Session::fault_stall(const config::StallFault& f) {
     stall_ = &f;
     each_pipe(f.direction, [&](Pipe& p) { p.stall(f.mode); });
+    stall_check_ = uv_now(loop()) + kStallCheckMs;
+    rearm_fault_timer();
     if (f.duration) {
         stall_deadline_ =
             uv_now(loop()) + static_cast<uint64_t>((f.duration->count() + 999) / 1000);

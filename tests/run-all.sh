@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need, builds tcpfault and runs every test (unit + integration),
-# first on the normal build, then on an ASan+UBSan build (set SKIP_ASAN=1 to skip that pass).
+# on the normal build, then the libFuzzer harnesses for FUZZ_SECONDS each (default 30;
+# SKIP_FUZZ=1 skips them), then the whole suite again on an ASan+UBSan build (SKIP_ASAN=1).
 # This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,10 @@ run_suite() {  # build-dir, extra cmake args...
 }
 
 run_suite "${BUILD_DIR:-build}" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+if [ "${SKIP_FUZZ:-0}" != "1" ]; then
+    echo "=== libFuzzer harnesses, ${FUZZ_SECONDS:-30}s each ==="
+    FUZZ_SECONDS="${FUZZ_SECONDS:-30}" bash tests/fuzz/run.sh
+fi
 if [ "${SKIP_ASAN:-0}" != "1" ]; then
     echo "=== again with AddressSanitizer + UndefinedBehaviorSanitizer ==="
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \

@@ -393,6 +393,12 @@ class TcpServer:
         self.sock.close()
         self._t.join(2)
         for c in conns:
+            # shutdown first: close() alone leaves the kernel socket alive (no FIN) while a
+            # handler thread is blocked in recv() on it.
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             try:
                 c.close()
             except OSError:

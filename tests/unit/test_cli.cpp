@@ -50,3 +50,16 @@ TEST_CASE("cli: the quick proxy YAML quotes its values") {
     CHECK(tcpfault::quick_proxy_yaml("[::1]:0", "it's:1") ==
           "proxies:\n  - name: main\n    listen: '[::1]:0'\n    upstream: 'it''s:1'\n");
 }
+
+#include "proxy/log.hpp"
+
+TEST_CASE("json_escape: output is valid UTF-8 JSON whatever the input bytes") {
+    using tcpfault::log::json_escape;
+    CHECK(json_escape("a\"b\\c\n\x01") == "a\\\"b\\\\c\\n\\u0001");
+    CHECK(json_escape("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80") ==
+          "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    CHECK(json_escape("bad\xff\xfe") == "bad\\ufffd\\ufffd");
+    CHECK(json_escape("\xc3") == "\\ufffd");                        // truncated sequence
+    CHECK(json_escape("\xc0\xaf") == "\\ufffd\\ufffd");             // overlong '/'
+    CHECK(json_escape("\xed\xa0\x80") == "\\ufffd\\ufffd\\ufffd");  // surrogate
+}

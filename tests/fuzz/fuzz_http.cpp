@@ -1,0 +1,249 @@
+// fuzz_http: the admin API's HTTP/1.x request parser (proxy/http_parser.hpp) on arbitrary
+// bytes split at fuzzer-chosen points, and AdminApi::handle on every request it yields, with
+// hooks that have no proxies (no sockets, no event loop).
+// Invariants beyond "no crash / no sanitizer report":
+//  - the requests and the final error do not depend on how the bytes were split;
+//  - an error is final and has a status in {400, 413, 431, 501, 505};
+//  - a request never carries more body than max_body_bytes;
+//  - every AdminApi response has a status in 200..599 and, when JSON, a well-formed JSON body
+//    (structure checked always; UTF-8 validity too when FUZZ_HTTP_STRICT_UTF8=1 is set — the
+//    API echoes raw request bytes into error messages, see RELIABILITY.md).
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.hpp"
+#include "fuzz_common.hpp"
+#include "proxy/admin_api.hpp"
+#include "proxy/http_parser.hpp"
+#include "proxy/log.hpp"
+#include "proxy/metrics.hpp"
+
+using namespace tcpfault;
+
+namespace {
+
+bool g_strict_utf8 = false;
+
+// --- a small JSON checker (RFC 8259 grammar; depth-bounded) --------------------------------
+struct Json {
+    std::string_view s;
+    size_t i = 0;
+    void ws() {
+        while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) ++i;
+    }
+    bool lit(std::string_view w) {
+        if (s.substr(i, w.size()) != w) return false;
+        i += w.size();
+        return true;
+    }
+    bool str() {
+        if (i >= s.size() || s[i] != '"') return false;
+        ++i;
+        while (i < s.size()) {
+            auto c = static_cast<unsigned char>(s[i]);
+            if (c == '"') {
+                ++i;
+                return true;
+            }
+            if (c < 0x20) return false;
+            if (c == '\\') {
+                ++i;
+                if (i >= s.size()) return false;
+                char e = s[i];
+                if (e == 'u') {
+                    for (int k = 1; k <= 4; ++k)
+                        if (i + k >= s.size() || !std::isxdigit(static_cast<unsigned char>(s[i + k])))
+                            return false;
+                    i += 5;
+                    continue;
+                }
+                if (std::string_view("\"\\/bfnrt").find(e) == std::string_view::npos) return false;
+                ++i;
+                continue;
+            }
+            ++i;
+        }
+        return false;
+    }
+    bool num() {
+        size_t b = i;
+        if (i < s.size() && s[i] == '-') ++i;
+        while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.' ||
+                                s[i] == 'e' || s[i] == 'E' || s[i] == '+' || s[i] == '-'))
+            ++i;
+        return i > b;
+    }
+    bool value(int depth) {
+        if (depth > 32) return false;
+        ws();
+        if (i >= s.size()) return false;
+        char c = s[i];
+        bool ok;
+        if (c == '{') {
+            ++i;
+            ws();
+            if (i < s.size() && s[i] == '}') {
+                ++i;
+                ok = true;
+            } else {
+                for (;;) {
+                    ws();
+                    if (!str()) return false;
+                    ws();
+                    if (!lit(":")) return false;
+                    if (!value(depth + 1)) return false;
+                    ws();
+                    if (lit(",")) continue;
+                    if (lit("}")) break;
+                    return false;
+                }
+                ok = true;
+            }
+        } else if (c == '[') {
+            ++i;
+            ws();
+            if (i < s.size() && s[i] == ']') {
+                ++i;
+                ok = true;
+            } else {
+                for (;;) {
+                    if (!value(depth + 1)) return false;
+                    ws();
+                    if (lit(",")) continue;
+                    if (lit("]")) break;
+                    return false;
+                }
+                ok = true;
+            }
+        } else if (c == '"') {
+            ok = str();
+        } else if (c == 't') {
+            ok = lit("true");
+        } else if (c == 'f') {
+            ok = lit("false");
+        } else if (c == 'n') {
+            ok = lit("null");
+        } else {
+            ok = num();
+        }
+        ws();
+        return ok;
+    }
+};
+
+bool valid_json(std::string_view s) {
+    Json j{s};
+    return j.value(0) && j.i == s.size();
+}
+
+bool valid_utf8(std::string_view s) {
+    size_t i = 0;
+    while (i < s.size()) {
+        auto c = static_cast<unsigned char>(s[i]);
+        size_t n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : 9;
+        if (n == 9 || (n == 1 && c < 0xc2) || i + n >= s.size()) return false;
+        for (size_t k = 1; k <= n; ++k)
+            if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+// --- the parser under different splits -----------------------------------------------------
+struct Seen {
+    std::vector<HttpRequest> requests;
+    int error = 0;
+};
+
+bool same(const HttpRequest& a, const HttpRequest& b) {
+    return a.method == b.method && a.target == b.target && a.path == b.path &&
+           a.query == b.query && a.headers == b.headers && a.body == b.body &&
+           a.version_minor == b.version_minor && a.keep_alive == b.keep_alive &&
+           a.expect_continue == b.expect_continue;
+}
+
+Seen parse(std::string_view bytes, const std::vector<size_t>& cuts,
+           HttpRequestParser::Limits limits) {
+    Seen seen;
+    HttpRequestParser p(limits);
+    for (std::string_view chunk : fuzz::split(bytes, cuts)) {
+        p.feed(chunk);
+        for (;;) {
+            HttpRequest req;
+            auto st = p.next(req);
+            if (st == HttpRequestParser::Status::need_more) break;
+            if (st == HttpRequestParser::Status::error) {
+                int e = p.error_status();
+                FUZZ_CHECK(e == 400 || e == 413 || e == 431 || e == 501 || e == 505);
+                FUZZ_CHECK(!p.error_reason().empty());
+                HttpRequest again;
+                FUZZ_CHECK(p.next(again) == HttpRequestParser::Status::error);  // final
+                seen.error = e;
+                return seen;
+            }
+            FUZZ_CHECK(req.body.size() <= limits.max_body_bytes);
+            seen.requests.push_back(std::move(req));
+        }
+    }
+    return seen;
+}
+
+Metrics& metrics() {
+    static Metrics* m = [] {
+        auto* x = new Metrics();
+        x->declare_proxy("web");
+        x->declare_rule("web", "slow", "latency");
+        return x;
+    }();
+    return *m;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    // AdminApi logs every successful state change; keep the fuzzer's output to its stats.
+    log::configure(config::LogLevel::error, config::LogFormat::json);
+    const char* strict = std::getenv("FUZZ_HTTP_STRICT_UTF8");
+    g_strict_utf8 = strict != nullptr && std::string_view(strict) == "1";
+    return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    if (size > 64 * 1024) return 0;
+    fuzz::Input in(data, size);
+    uint8_t flags = in.byte();
+    std::vector<size_t> cuts = fuzz::read_cuts(in, /*allow_empty=*/true);
+    std::string_view bytes = in.rest();
+
+    HttpRequestParser::Limits limits;
+    if (flags & 1) {  // small limits, so 413/431 paths are reachable from small inputs
+        limits.max_header_bytes = 64 + (flags >> 4) * 16;
+        limits.max_body_bytes = 32 + (flags >> 4) * 8;
+    }
+    Seen whole = parse(bytes, {}, limits);
+    Seen pieces = parse(bytes, cuts, limits);
+    FUZZ_CHECK(whole.error == pieces.error);
+    FUZZ_CHECK(whole.requests.size() == pieces.requests.size());
+    for (size_t i = 0; i < whole.requests.size(); ++i)
+        FUZZ_CHECK(same(whole.requests[i], pieces.requests[i]));
+
+    AdminApi::Hooks hooks;
+    hooks.servers = [] { return std::vector<ProxyServer*>{}; };
+    hooks.all_servers = [] { return std::vector<ProxyServer*>{}; };
+    hooks.reload = [flags] { return (flags & 2) ? std::string("fuzz.yaml:1:1: bad") : std::string(); };
+    hooks.metrics = &metrics();
+    if (flags & 4) hooks.token = "s3cret";
+    AdminApi api(std::move(hooks));
+    for (const HttpRequest& req : whole.requests) {
+        HttpResponse r = api.handle(req);
+        FUZZ_CHECK(r.status >= 200 && r.status <= 599);
+        if (r.content_type == "application/json") {
+            FUZZ_CHECK(valid_json(r.body));
+            if (g_strict_utf8) FUZZ_CHECK(valid_utf8(r.body));
+        }
+    }
+    return 0;
+}

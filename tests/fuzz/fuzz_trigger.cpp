@@ -1,0 +1,187 @@
+// fuzz_trigger: a rule's byte-exact `when` (faults/trigger.hpp) built from the first bytes of
+// the input, then fed the rest at fuzzer-chosen split points, the way a pipe feeds reads.
+//
+// Input layout: [mode][flags][pattern length][pattern][after_bytes u16][catch-up u16][cuts][stream]
+//   mode 0: data literal (<= 64 bytes)  1: line regex (<= 12 chars, see below)  2: after_bytes only
+//   flags: bit0 after_bytes present, bit1 `after` present (0s), bit2 `after` present (1h, never
+//          reached here), bit3 catch_up(bytes) before start (a rule added at runtime)
+//
+// Invariants:
+//  - however the stream is split, the bytes passed before the fault fires (or the stream is
+//    held at the threshold) add up to what one single read gives, and fire/hold agree;
+//  - a step never passes more than its chunk, and passes it all unless it fires or holds;
+//  - independent oracles: a literal fires just past its first occurrence; a line regex just
+//    past the '\n' of the first line it matches; after_bytes after exactly N bytes.
+//
+// Regexes: std::regex (libstdc++) backtracks recursively, so nested quantifiers are
+// exponential in the line length and long lines exhaust the stack; neither is what this harness
+// is about (the config loader bounds the pattern; see RELIABILITY.md). Patterns here are at most
+// 12 characters, without groups, braces, escapes or stacked quantifiers and with at most two
+// quantifiers, on at most 256 bytes of stream (2 KiB for the other modes). The stack overflow
+// that long lines cause in the proxy is a separate finding (RELIABILITY.md).
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <regex>
+#include <string>
+#include <string_view>
+
+#include "faults/trigger.hpp"
+#include "fuzz_common.hpp"
+
+using namespace tcpfault;
+using faults::LineMatcher;
+using faults::Trigger;
+
+namespace {
+
+struct Outcome {
+    bool fired_at_start = false;
+    uint64_t passed = 0;
+    bool fired = false;
+    bool held = false;
+    bool operator==(const Outcome&) const = default;
+};
+
+Outcome run(const config::When& w, std::string_view stream, const std::vector<size_t>& cuts,
+            std::optional<uint64_t> catch_up) {
+    Outcome o;
+    Trigger t(&w);
+    if (catch_up) t.catch_up(*catch_up, config::Duration{0});
+    if (t.start()) {
+        o.fired_at_start = true;
+        return o;
+    }
+    for (std::string_view chunk : fuzz::split(stream, cuts)) {
+        // Empty chunks too: Session::scan re-feeds a trigger 0 bytes when another rule holds
+        // the stream at the start of a read.
+        Trigger::Step s = t.feed(chunk.data(), chunk.size());
+        FUZZ_CHECK(s.pass <= chunk.size());
+        FUZZ_CHECK(!(s.fire && s.hold));
+        o.passed += s.pass;
+        if (s.fire) {
+            FUZZ_CHECK(t.fired());
+            o.fired = true;
+            return o;
+        }
+        if (s.hold) {
+            o.held = true;
+            return o;
+        }
+        FUZZ_CHECK(s.pass == chunk.size());
+    }
+    return o;
+}
+
+// Offset just past the '\n' of the first line (CR stripped, capped like LineMatcher) matching re.
+std::optional<size_t> ref_line(const std::regex& re, std::string_view s) {
+    size_t start = 0;
+    for (;;) {
+        size_t nl = s.find('\n', start);
+        if (nl == std::string_view::npos) return std::nullopt;
+        std::string_view line = s.substr(start, nl - start);
+        if (line.size() > LineMatcher::kMaxLine) line = line.substr(0, LineMatcher::kMaxLine);
+        if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+        if (std::regex_search(line.begin(), line.end(), re)) return nl + 1;
+        start = nl + 1;
+    }
+}
+
+// No groups, braces or escapes, at most two quantifiers and none applied to another
+// quantifier (`a*+` is `(a*)+` to libstdc++); lazy `*?` / `+?` are fine.
+constexpr size_t kMaxRegexStream = 256;
+
+bool safe_regex(std::string_view p) {
+    int quantifiers = 0;
+    char prev = 0;
+    for (char c : p) {
+        if (c == '(' || c == ')' || c == '{' || c == '}' || c == '\\') return false;
+        bool q = c == '*' || c == '+' || c == '?';
+        bool prev_q = prev == '*' || prev == '+' || prev == '?';
+        if (q && prev_q && !(c == '?' && (prev == '*' || prev == '+'))) return false;
+        if (q && !(c == '?' && prev_q)) ++quantifiers;
+        prev = c;
+    }
+    return quantifiers <= 2;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    if (size > 2300) return 0;
+    fuzz::Input in(data, size);
+    uint8_t mode = in.byte() % 3;
+    uint8_t flags = in.byte();
+    size_t plen = in.byte();
+
+    config::When w;
+    w.direction = config::Direction::upstream;
+    std::shared_ptr<const std::regex> re;
+    if (mode == 0) {
+        std::string_view pat = in.take(1 + plen % 64);  // the loader rejects an empty literal
+        if (pat.empty()) return 0;
+        w.data = std::string(pat);
+    } else if (mode == 1) {
+        std::string_view pat = in.take(plen % 13);
+        if (!safe_regex(pat)) return 0;
+        try {
+            re = std::make_shared<const std::regex>(std::string(pat), std::regex::ECMAScript);
+        } catch (const std::regex_error&) {
+            return 0;  // the loader reports these as config errors
+        }
+        w.line = std::string(pat);
+        w.line_re = re;
+    }
+    uint16_t after_bytes = in.u16();
+    uint16_t catch_up_bytes = in.u16();
+    if ((flags & 1) || mode == 2) w.after_bytes = after_bytes;
+    if (flags & 2) w.after = config::Duration{0};
+    if (flags & 4) w.after = std::chrono::hours(1);  // never reached: holds at the threshold
+    std::optional<uint64_t> catch_up;
+    if (flags & 8) catch_up = catch_up_bytes;
+
+    std::vector<size_t> cuts = fuzz::read_cuts(in, /*allow_empty=*/true);
+    std::string_view stream = in.rest();
+    // Backtracking with two quantifiers is cubic in the line length: keep lines short.
+    if (mode == 1 && stream.size() > kMaxRegexStream) stream = stream.substr(0, kMaxRegexStream);
+
+    Outcome whole = run(w, stream, {}, catch_up);
+    Outcome pieces = run(w, stream, cuts, catch_up);
+    FUZZ_CHECK(pieces == whole);
+
+    // Oracles on the single-read outcome.
+    bool timed = (flags & 4) != 0;
+    if (whole.fired_at_start) {
+        // Only a pure counting trigger whose threshold is already met may fire at start.
+        FUZZ_CHECK(mode == 2 || !(w.data || w.line));
+        FUZZ_CHECK(!timed);
+        FUZZ_CHECK(!w.after_bytes || (catch_up ? *catch_up : 0) >= *w.after_bytes);
+        return 0;
+    }
+    std::optional<size_t> match_end;  // end of the match (0: counting from the start)
+    if (mode == 0) {
+        size_t at = stream.find(*w.data);
+        if (at != std::string_view::npos) match_end = at + w.data->size();
+    } else if (mode == 1) {
+        match_end = ref_line(*re, stream);
+    } else {
+        match_end = 0;
+    }
+    uint64_t already = (mode == 2 && catch_up) ? *catch_up : 0;
+    if (!match_end) {
+        FUZZ_CHECK(!whole.fired && !whole.held && whole.passed == stream.size());
+        return 0;
+    }
+    uint64_t need = w.after_bytes ? (*w.after_bytes > already ? *w.after_bytes - already : 0) : 0;
+    uint64_t threshold = *match_end + need;
+    if (threshold > stream.size() || (timed && !w.after_bytes)) {
+        // Not reached (or only time is missing and nothing holds the stream): all passes.
+        FUZZ_CHECK(!whole.fired && !whole.held && whole.passed == stream.size());
+        return 0;
+    }
+    FUZZ_CHECK(whole.passed == threshold);
+    FUZZ_CHECK(whole.fired == !timed);
+    FUZZ_CHECK(whole.held == timed);
+    return 0;
+}
