@@ -24,6 +24,9 @@ template <class... Ts>
 struct overloaded : Ts... {
     using Ts::operator()...;
 };
+// Spelled out: clang before 17 lacks C++20's implicit deduction guides for aggregates.
+template <class... Ts>
+overloaded(Ts...) -> overloaded<Ts...>;
 
 bool hits_client(config::Target t) {
     return t != config::Target::server;
