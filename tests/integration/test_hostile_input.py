@@ -632,7 +632,9 @@ CONFIGS = [
     ("invalid-utf8", lambda: _proxy_head().replace("name: p", 'name: "\xff"').encode("latin-1"),
      "name"),
     ("nul-bytes", lambda: _proxy_head().encode() + b"\x00" * 100, "invalid YAML"),
-    ("binary", lambda: bytes(random.Random(5).randbytes(64 * KiB)), ""),
+    ("binary", lambda: bytes(random.Random(5).randbytes(64 * KiB)), "environment variable"),
+    ("binary-no-dollar", lambda: bytes(random.Random(5).randbytes(64 * KiB)).replace(b"$", b""),
+     ""),
     ("many-errors", lambda: ("proxies:\n" + "".join(
         f"  - {{name: p{i}, listen: 'x', upstream: '${{NOPE{i}}}'}}\n"
         for i in range(40_000))).encode(), "too many errors"),
@@ -640,7 +642,12 @@ CONFIGS = [
     ("huge-regex", lambda: (_proxy_head() + "    rules:\n      - name: r\n        when: {line: '" +
                             "a" * 100_000 + "'}\n        fault: {type: reset}\n").encode(),
      "too long"),
-    ("many-documents", lambda: b"proxies: []\n---\n" * 100_000, "document"),
+    ("two-documents", lambda: _proxy_head().encode() + b"---\n" + _proxy_head().encode(),
+     "expected one YAML document"),
+    pytest.param("many-documents", lambda: b"---\n" * 1_000_000, "expected one YAML document",
+                 marks=pytest.mark.xfail(strict=True, reason="open bug (RELIABILITY.md): the "
+                 "loader materializes every document (YAML::LoadAll) before counting them: 4 MB "
+                 "of '---' lines take ~680 MiB"), id="many-documents"),
 ]
 
 
