@@ -276,6 +276,11 @@ std::optional<YAML::Node> parse_document(Reader& r, const std::string& text) {
                                " levels of [ ] or { }");
         return std::nullopt;
     }
+    if (auto many = too_many_documents(text)) {
+        r.error(r.pos(many->second), "expected one YAML document, found " +
+                                         std::to_string(many->markers) + " document markers (---)");
+        return std::nullopt;
+    }
     std::vector<YAML::Node> docs;
     try {
         docs = YAML::LoadAll(text);

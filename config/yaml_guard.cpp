@@ -56,4 +56,26 @@ std::optional<YAML::Mark> flow_too_deep(std::string_view t) {
     return std::nullopt;
 }
 
+std::optional<ManyDocuments> too_many_documents(std::string_view t) {
+    ManyDocuments m;
+    int line = 0;
+    for (size_t i = 0; i < t.size();) {
+        size_t end = t.find('\n', i);
+        if (end == std::string_view::npos) end = t.size();
+        std::string_view l = t.substr(i, end - i);
+        if (l.starts_with("---") &&
+            (l.size() == 3 || l[3] == ' ' || l[3] == '\t' || l[3] == '\r')) {
+            if (++m.markers == 2) {
+                m.second.pos = static_cast<int>(i);
+                m.second.line = line;
+                m.second.column = 0;
+            }
+        }
+        ++line;
+        i = end + 1;
+    }
+    if (m.markers <= kMaxDocumentMarkers) return std::nullopt;
+    return m;
+}
+
 }  // namespace tcpfault::config

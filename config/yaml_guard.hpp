@@ -16,4 +16,14 @@ inline constexpr int kMaxFlowDepth = 256;
 // kMaxFlowDepth, as a 0-based yaml-cpp mark; nullopt when it never does.
 std::optional<YAML::Mark> flow_too_deep(std::string_view text);
 
+// yaml-cpp's LoadAll builds every document before we can count them (4 MB of "---" lines cost
+// ~680 MiB). Counts column-0 "---" markers without parsing; when there are more than
+// kMaxDocumentMarkers, returns their number and the second marker's position.
+inline constexpr size_t kMaxDocumentMarkers = 64;
+struct ManyDocuments {
+    size_t markers = 0;
+    YAML::Mark second;
+};
+std::optional<ManyDocuments> too_many_documents(std::string_view text);
+
 }  // namespace tcpfault::config

@@ -10,6 +10,9 @@
 namespace tcpfault {
 
 void Pipe::start() {
+    // Once a terminal fault acts, nothing more is forwarded: draining shaped bytes must not
+    // resume reading a source past the fault's byte.
+    if (mode_ == Mode::forward && session_.ending()) return;
     if (!source_eof_ && !paused_ && !stalled_hold_ && !holding_for_trigger_)
         source_.start_reading();
 }
@@ -32,6 +35,7 @@ void Pipe::on_read(Chunk& chunk, ssize_t nread) {
         session_.on_bytes(dir_, n);
         switch (mode_) {
             case Mode::forward:
+                if (session_.ending()) break;  // read before the fault stopped it: dropped
                 if (filter_ != nullptr) {
                     std::string out;
                     filter_->feed(chunk.get(), n, out);
