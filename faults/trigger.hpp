@@ -33,7 +33,9 @@ class LiteralMatcher {
 // Tests an ECMAScript regex on each line ("\n"-terminated, trailing "\r\n" stripped).
 class LineMatcher {
   public:
-    static constexpr size_t kMaxLine = 64 * 1024;  // longer lines are matched on their prefix
+    // Longer lines are matched on their prefix. std::regex recurses per character: a 40 KB
+    // line crashed the proxy (stack overflow), so the regex never sees more than 4 KiB.
+    static constexpr size_t kMaxLine = 4 * 1024;
     explicit LineMatcher(std::shared_ptr<const std::regex> re) : re_(std::move(re)) {}
     // Offset just past the first matching line's "\n" in [data, data+len), or npos.
     size_t feed(const char* data, size_t len);

@@ -179,3 +179,15 @@ TEST_CASE("an empty data needle matches at the next byte (Toxiproxy's reset_peer
     CHECK(step.pass == 0);
     CHECK(t.time_reached());
 }
+
+TEST_CASE("a 40 KB line under a `line` rule is matched on its prefix, without overflowing") {
+    config::When w;
+    w.line = "^RCPT TO:.*";
+    w.line_re = std::make_shared<std::regex>(*w.line, std::regex::ECMAScript);
+    Trigger t(&w);
+    t.start();
+    std::string s = "RCPT TO:" + std::string(40000, 'x') + "\r\n";
+    auto step = t.feed(s.data(), s.size());
+    CHECK(step.fire);
+    CHECK(step.pass == s.size());
+}
