@@ -133,6 +133,8 @@ void Pipe::emit(const char* p, size_t n, Chunk* owner) {
         apply_backpressure();
         return;
     }
+    // The loop's cached clock lags real time; a delay counted from it would end early.
+    uv_update_time(session_.loop());
     uint64_t now = uv_now(session_.loop());
     uint64_t delay_us = static_cast<uint64_t>(latency_.count());
     if (jitter_.count() > 0) {
@@ -141,7 +143,8 @@ void Pipe::emit(const char* p, size_t n, Chunk* owner) {
         delay_us = v < 0 ? 0 : static_cast<uint64_t>(v);
     }
     // Order is preserved: a chunk never leaves before the one read ahead of it.
-    uint64_t release = std::max(now + (delay_us + 500) / 1000, last_release_ms_);
+    // Rounded up: a chunk never leaves before its delay has passed.
+    uint64_t release = std::max(now + (delay_us + 999) / 1000, last_release_ms_);
     last_release_ms_ = release;
     if (!queue_) queue_ = std::make_unique<std::deque<Held>>();
     queue_->push_back(Held{std::string(p, n), 0, release});
