@@ -133,9 +133,9 @@ void Pipe::emit(const char* p, size_t n, Chunk* owner) {
         apply_backpressure();
         return;
     }
-    // The loop's cached clock lags real time; a delay counted from it would end early.
-    uv_update_time(session_.loop());
-    uint64_t now = uv_now(session_.loop());
+    // Counted in µs from uv_hrtime: the loop's cached millisecond clock both lags real time
+    // and truncates, and a delay counted from it would end up to a millisecond early.
+    uint64_t now = uv_hrtime() / 1000;
     uint64_t delay_us = static_cast<uint64_t>(latency_.count());
     if (jitter_.count() > 0) {
         std::uniform_int_distribution<int64_t> d(-jitter_.count(), jitter_.count());
@@ -143,9 +143,8 @@ void Pipe::emit(const char* p, size_t n, Chunk* owner) {
         delay_us = v < 0 ? 0 : static_cast<uint64_t>(v);
     }
     // Order is preserved: a chunk never leaves before the one read ahead of it.
-    // Rounded up: a chunk never leaves before its delay has passed.
-    uint64_t release = std::max(now + (delay_us + 999) / 1000, last_release_ms_);
-    last_release_ms_ = release;
+    uint64_t release = std::max(now + delay_us, last_release_us_);
+    last_release_us_ = release;
     if (!queue_) queue_ = std::make_unique<std::deque<Held>>();
     queue_->push_back(Held{std::string(p, n), 0, release});
     queued_held_ += n;
@@ -155,12 +154,15 @@ void Pipe::emit(const char* p, size_t n, Chunk* owner) {
 
 void Pipe::pump() {
     if (!sink_.usable() || slice_wait_ || stalled_hold_) return;
+    uint64_t now_us = uv_hrtime() / 1000;
     uint64_t now = uv_now(session_.loop());
     while (!queue_empty()) {
         if (sink_.queued_bytes() >= kHighWatermark) return;  // on_write_done pumps again
         Held& h = queue_->front();
-        if (h.release_ms > now) {
-            arm_timer(h.release_ms - now);
+        if (h.release_us > now_us) {
+            // Rounded up; a libuv timer may still fire up to 1 ms early (its clock truncates
+            // to ms), in which case this check re-arms it for the remainder.
+            arm_timer((h.release_us - now_us + 999) / 1000);
             return;
         }
         size_t n = h.bytes.size() - h.off;

@@ -86,7 +86,7 @@ class Pipe {
     struct Held {
         std::string bytes;
         size_t off = 0;
-        uint64_t release_ms = 0;
+        uint64_t release_us = 0;  // uv_hrtime() µs
     };
 
     void process(const char* p, size_t n, Chunk* owner);
@@ -122,7 +122,7 @@ class Pipe {
     bool holding_for_trigger_ = false;
     config::Duration latency_{0};
     config::Duration jitter_{0};
-    uint64_t last_release_ms_ = 0;
+    uint64_t last_release_us_ = 0;
     uint64_t rate_ = 0;
     double tokens_ = 0;
     uint64_t refill_ms_ = 0;
