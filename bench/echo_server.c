@@ -37,10 +37,10 @@
 // cost no memory beyond this struct.
 struct conn {
     int fd;
-    char* pending;      // unsent bytes (NULL if none)
-    size_t pend_off;    // first unsent byte
-    size_t pend_len;    // end of unsent bytes
-    int peer_eof;       // peer has shut down its write side
+    char* pending;        // unsent bytes (NULL if none)
+    size_t pend_off;      // first unsent byte
+    size_t pend_len;      // end of unsent bytes
+    int peer_eof;         // peer has shut down its write side
     int close_when_sent;  // saw EOT: close once everything is echoed
 };
 
@@ -254,7 +254,8 @@ int main(int argc, char** argv) {
         }
     }
     pthread_t tids[64];
-    for (int i = 0; i < threads; i++) pthread_create(&tids[i], NULL, worker, (void*)(intptr_t)lfds[i]);
+    for (int i = 0; i < threads; i++)
+        pthread_create(&tids[i], NULL, worker, (void*)(intptr_t)lfds[i]);
     printf("listening %s:%s\n", argv[1], argv[2]);
     fflush(stdout);
     for (int i = 0; i < threads; i++) pthread_join(tids[i], NULL);

@@ -51,13 +51,24 @@
 
 static struct sockaddr_in g_addr;
 static atomic_int g_stop;
-static int g_linger0;      // rst mode
-static int g_server_close; // server-close mode
+static int g_linger0;       // rst mode
+static int g_server_close;  // server-close mode
 
-enum { E_SOCKET, E_CONNECT, E_ADDRNOTAVAIL, E_WRITE, E_READ, E_TIMEOUT, E_EOF, E_MISMATCH, E_NO_EOF, E_COUNT };
-static const char* const err_names[E_COUNT] = {"socket",       "connect",    "connect_EADDRNOTAVAIL",
-                                               "write",        "read",       "read_timeout",
-                                               "early_eof",    "mismatch",   "no_eof_after_echo"};
+enum {
+    E_SOCKET,
+    E_CONNECT,
+    E_ADDRNOTAVAIL,
+    E_WRITE,
+    E_READ,
+    E_TIMEOUT,
+    E_EOF,
+    E_MISMATCH,
+    E_NO_EOF,
+    E_COUNT
+};
+static const char* const err_names[E_COUNT] = {"socket",    "connect",  "connect_EADDRNOTAVAIL",
+                                               "write",     "read",     "read_timeout",
+                                               "early_eof", "mismatch", "no_eof_after_echo"};
 
 struct client {
     pthread_t tid;
@@ -147,9 +158,12 @@ static void* conn_worker(void* arg) {
             ssize_t n;
             while ((n = recv(fd, &extra, 1, 0)) < 0 && errno == EINTR) {
             }
-            if (n == 0) c->ok++;
-            else if (n > 0) c->err[E_NO_EOF]++;
-            else c->err[(errno == EAGAIN || errno == EWOULDBLOCK) ? E_TIMEOUT : E_READ]++;
+            if (n == 0)
+                c->ok++;
+            else if (n > 0)
+                c->err[E_NO_EOF]++;
+            else
+                c->err[(errno == EAGAIN || errno == EWOULDBLOCK) ? E_TIMEOUT : E_READ]++;
         } else {
             c->ok++;
         }
@@ -167,7 +181,8 @@ static int run_conn(int clients, double seconds) {
             return 1;
         }
     }
-    struct timespec ts = {.tv_sec = (time_t)seconds, .tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9)};
+    struct timespec ts = {.tv_sec = (time_t)seconds,
+                          .tv_nsec = (long)((seconds - (double)(time_t)seconds) * 1e9)};
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
     }
     atomic_store(&g_stop, 1);
@@ -181,7 +196,8 @@ static int run_conn(int clients, double seconds) {
             errs += cl[i].err[k];
         }
     }
-    printf("conns_per_sec=%.1f errors=%ld conns=%ld elapsed_s=%.3f\n", (double)ok / elapsed, errs, ok, elapsed);
+    printf("conns_per_sec=%.1f errors=%ld conns=%ld elapsed_s=%.3f\n", (double)ok / elapsed, errs,
+           ok, elapsed);
     if (errs > 0) {
         fprintf(stderr, "shortconn: errors:");
         for (int k = 0; k < E_COUNT; k++)
@@ -237,8 +253,8 @@ static int run_pingpong(long count, long warmup) {
     long i99 = (long)(0.99 * (double)count + 0.999999) - 1;
     if (i50 < 0) i50 = 0;
     if (i99 < 0) i99 = 0;
-    printf("p50_us=%.1f p99_us=%.1f mean_us=%.1f max_us=%.1f n=%ld\n", us[i50], us[i99], sum / (double)count,
-           us[count - 1], count);
+    printf("p50_us=%.1f p99_us=%.1f mean_us=%.1f max_us=%.1f n=%ld\n", us[i50], us[i99],
+           sum / (double)count, us[count - 1], count);
     free(us);
     return 0;
 }
@@ -269,9 +285,12 @@ int main(int argc, char** argv) {
         int clients = atoi(argv[4]);
         double seconds = atof(argv[5]);
         if (argc == 7) {
-            if (strcmp(argv[6], "rst") == 0) g_linger0 = 1;
-            else if (strcmp(argv[6], "server-close") == 0) g_server_close = 1;
-            else if (strcmp(argv[6], "client-close") != 0) usage(argv[0]);
+            if (strcmp(argv[6], "rst") == 0)
+                g_linger0 = 1;
+            else if (strcmp(argv[6], "server-close") == 0)
+                g_server_close = 1;
+            else if (strcmp(argv[6], "client-close") != 0)
+                usage(argv[0]);
         }
         if (clients < 1 || clients > MAX_CLIENTS || seconds <= 0) usage(argv[0]);
         return run_conn(clients, seconds);

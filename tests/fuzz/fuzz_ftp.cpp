@@ -29,7 +29,8 @@ bool same4(const sockaddr_in& a, const sockaddr_in& b) {
 bool same_storage(const sockaddr_storage& a, const sockaddr_storage& b) {
     if (a.ss_family != b.ss_family) return false;
     if (a.ss_family == AF_INET)
-        return same4(reinterpret_cast<const sockaddr_in&>(a), reinterpret_cast<const sockaddr_in&>(b));
+        return same4(reinterpret_cast<const sockaddr_in&>(a),
+                     reinterpret_cast<const sockaddr_in&>(b));
     const auto& x = reinterpret_cast<const sockaddr_in6&>(a);
     const auto& y = reinterpret_cast<const sockaddr_in6&>(b);
     return x.sin6_port == y.sin6_port &&
@@ -85,7 +86,8 @@ std::string run_filter(std::string_view stream, const std::vector<size_t>& cuts,
         return identity ? std::string(line) : rewrite(line);
     });
     std::string out;
-    for (std::string_view chunk : fuzz::split(stream, cuts)) f.feed(chunk.data(), chunk.size(), out);
+    for (std::string_view chunk : fuzz::split(stream, cuts))
+        f.feed(chunk.data(), chunk.size(), out);
     f.flush(out);
     return out;
 }

@@ -55,7 +55,8 @@ struct Json {
                 char e = s[i];
                 if (e == 'u') {
                     for (int k = 1; k <= 4; ++k)
-                        if (i + k >= s.size() || !std::isxdigit(static_cast<unsigned char>(s[i + k])))
+                        if (i + k >= s.size() ||
+                            !std::isxdigit(static_cast<unsigned char>(s[i + k])))
                             return false;
                     i += 5;
                     continue;
@@ -159,10 +160,9 @@ struct Seen {
 };
 
 bool same(const HttpRequest& a, const HttpRequest& b) {
-    return a.method == b.method && a.target == b.target && a.path == b.path &&
-           a.query == b.query && a.headers == b.headers && a.body == b.body &&
-           a.version_minor == b.version_minor && a.keep_alive == b.keep_alive &&
-           a.expect_continue == b.expect_continue;
+    return a.method == b.method && a.target == b.target && a.path == b.path && a.query == b.query &&
+           a.headers == b.headers && a.body == b.body && a.version_minor == b.version_minor &&
+           a.keep_alive == b.keep_alive && a.expect_continue == b.expect_continue;
 }
 
 Seen parse(std::string_view bytes, const std::vector<size_t>& cuts,
@@ -233,7 +233,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     AdminApi::Hooks hooks;
     hooks.servers = [] { return std::vector<ProxyServer*>{}; };
     hooks.all_servers = [] { return std::vector<ProxyServer*>{}; };
-    hooks.reload = [flags] { return (flags & 2) ? std::string("fuzz.yaml:1:1: bad") : std::string(); };
+    hooks.reload = [flags] {
+        return (flags & 2) ? std::string("fuzz.yaml:1:1: bad") : std::string();
+    };
     hooks.metrics = &metrics();
     if (flags & 4) hooks.token = "s3cret";
     AdminApi api(std::move(hooks));

@@ -56,8 +56,8 @@ std::optional<long double> ref_number(std::string_view& s) {
 
 std::string_view ref_unit(std::string_view& s) {
     size_t i = 0;
-    while (i < s.size() &&
-           (std::isalpha(static_cast<unsigned char>(s[i])) || static_cast<unsigned char>(s[i]) >= 0x80))
+    while (i < s.size() && (std::isalpha(static_cast<unsigned char>(s[i])) ||
+                            static_cast<unsigned char>(s[i]) >= 0x80))
         ++i;
     std::string_view u = s.substr(0, i);
     s.remove_prefix(i);
@@ -71,10 +71,16 @@ std::optional<long double> ref_size(std::string_view text) {
     if (!v) return std::nullopt;
     s = trim(s);
     std::string_view u = ref_unit(s);
-    static const std::pair<std::string_view, long double> units[] = {
-        {"", 1},          {"B", 1},           {"KiB", 1024.0L},       {"MiB", 1048576.0L},
-        {"GiB", 1073741824.0L}, {"TiB", 1099511627776.0L}, {"KB", 1e3L}, {"MB", 1e6L},
-        {"GB", 1e9L},     {"TB", 1e12L}};
+    static const std::pair<std::string_view, long double> units[] = {{"", 1},
+                                                                     {"B", 1},
+                                                                     {"KiB", 1024.0L},
+                                                                     {"MiB", 1048576.0L},
+                                                                     {"GiB", 1073741824.0L},
+                                                                     {"TiB", 1099511627776.0L},
+                                                                     {"KB", 1e3L},
+                                                                     {"MB", 1e6L},
+                                                                     {"GB", 1e9L},
+                                                                     {"TB", 1e12L}};
     for (const auto& [name, mult] : units)
         if (iequals(name, u)) return *v * mult;
     return std::nullopt;
@@ -90,13 +96,20 @@ std::optional<long double> ref_duration_us(std::string_view text) {
         std::string_view u = ref_unit(s);
         s = trim(s);
         long double mult = 0;
-        if (u.empty()) mult = 0;  // only "0" is accepted bare
-        else if (u == "us" || u == "\xc2\xb5s" || u == "\xce\xbcs") mult = 1;
-        else if (u == "ms") mult = 1e3L;
-        else if (u == "s") mult = 1e6L;
-        else if (u == "m") mult = 60e6L;
-        else if (u == "h") mult = 3600e6L;
-        else return std::nullopt;
+        if (u.empty())
+            mult = 0;  // only "0" is accepted bare
+        else if (u == "us" || u == "\xc2\xb5s" || u == "\xce\xbcs")
+            mult = 1;
+        else if (u == "ms")
+            mult = 1e3L;
+        else if (u == "s")
+            mult = 1e6L;
+        else if (u == "m")
+            mult = 60e6L;
+        else if (u == "h")
+            mult = 3600e6L;
+        else
+            return std::nullopt;
         total += *v * mult;
     }
     return total;

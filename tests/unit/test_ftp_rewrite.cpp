@@ -46,7 +46,8 @@ TEST_CASE("ftp: PORT and EPRT commands, any case") {
     CHECK(format_port_command(*p) == "PORT 10,0,0,7,19,137\r\n");
     auto e4 = parse_eprt_command("EPRT |1|132.235.1.2|6275|\r\n");
     REQUIRE(e4);
-    CHECK(format_eprt_command(reinterpret_cast<sockaddr*>(&*e4)) == "EPRT |1|132.235.1.2|6275|\r\n");
+    CHECK(format_eprt_command(reinterpret_cast<sockaddr*>(&*e4)) ==
+          "EPRT |1|132.235.1.2|6275|\r\n");
     auto e6 = parse_eprt_command("EPRT |2|::1|5282|\r\n");
     REQUIRE(e6);
     CHECK(e6->ss_family == AF_INET6);
