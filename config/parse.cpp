@@ -264,6 +264,21 @@ Config read_config(Reader& r, const YAML::Node& root) {
     return c;
 }
 
+// The token yaml-cpp stopped at, for a message: one punctuation character, or a word.
+std::string token_at(const std::string& text, int pos) {
+    if (pos < 0 || static_cast<size_t>(pos) >= text.size()) return "";
+    auto p = static_cast<size_t>(pos);
+    auto word = [](char c) {
+        return c != ' ' && c != '\t' && c != '\r' && c != '\n' && c != ',' && c != '[' &&
+               c != ']' && c != '{' && c != '}';
+    };
+    size_t end = p + 1;
+    if (word(text[p])) {
+        while (end < text.size() && end - p < 32 && word(text[end])) ++end;
+    }
+    return text.substr(p, end - p);
+}
+
 }  // namespace
 
 std::string position_str(Position p) {
@@ -281,20 +296,33 @@ std::optional<YAML::Node> parse_document(Reader& r, const std::string& text) {
                                          std::to_string(many->markers) + " document markers (---)");
         return std::nullopt;
     }
-    std::vector<YAML::Node> docs;
+    // Not YAML::LoadAll: it never returns on a stray `,` (see scan_documents). The stream is
+    // scanned without building anything, then only the first document is built.
+    DocumentScan scan;
+    YAML::Node doc;
     try {
-        docs = YAML::LoadAll(text);
+        scan = scan_documents(text);
+        if (scan.stray) {
+            r.error(
+                r.pos(*scan.stray),
+                "invalid YAML: expected " +
+                    std::string(scan.stray_after_value ? "the end of the document" : "a value") +
+                    ", found " + quote(token_at(text, scan.stray->pos)));
+            return std::nullopt;
+        }
+        if (scan.documents > 1) {
+            r.error(r.pos(scan.second),
+                    "expected one YAML document, found " + std::to_string(scan.documents));
+            return std::nullopt;
+        }
+        if (scan.documents == 0) return YAML::Node();
+        doc = YAML::Load(text);
     } catch (const YAML::Exception& e) {
         // DeepRecursion (absurd nesting) is a ParserException too, so it lands here.
         r.error(r.pos(e.mark), "invalid YAML: " + e.msg);
         return std::nullopt;
     }
-    if (docs.empty()) return YAML::Node();
-    if (docs.size() > 1) {
-        r.error(r.pos(docs[1]), "expected one YAML document, found " + std::to_string(docs.size()));
-        return std::nullopt;
-    }
-    return docs[0];
+    return doc;
 }
 
 }  // namespace tcpfault::config::detail

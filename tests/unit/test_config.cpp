@@ -1,6 +1,12 @@
 // The config loader: schema, defaults, and the exact position and text of every error class.
 #include <doctest/doctest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <csignal>
+#include <functional>
+#include <new>
 #include <regex>
 #include <set>
 #include <string>
@@ -61,6 +67,85 @@ std::string with_rules(const std::string& rules, const std::string& protocol = "
            "\n"
            "    rules:\n" +
            rules;
+}
+
+// Runs `f` in a child process killed after `seconds` (and, outside sanitizer builds, limited
+// to 1 GiB of address space), so an input that hangs the parser fails the test instead of
+// hanging the suite and eating the machine's memory. Returns what f returned, or a line
+// saying how the child died.
+std::string in_bounded_child(const std::function<std::string()>& f, unsigned seconds = 5) {
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        alarm(seconds);
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__has_feature)
+        rlimit lim{1ul << 30, 1ul << 30};
+        setrlimit(RLIMIT_AS, &lim);
+#elif defined(__has_feature)
+#if !__has_feature(address_sanitizer)
+        rlimit lim{1ul << 30, 1ul << 30};
+        setrlimit(RLIMIT_AS, &lim);
+#endif
+#endif
+        // The child must never return into doctest: that would run the rest of the suite twice.
+        std::string out;
+        try {
+            out = f();
+        } catch (const std::bad_alloc&) {
+            out = "<out of memory>";
+        } catch (...) {
+            out = "<exception>";
+        }
+        const char* p = out.data();
+        size_t left = out.size();
+        while (left > 0) {
+            ssize_t n = write(fds[1], p, left);
+            if (n <= 0) _exit(3);
+            p += n;
+            left -= static_cast<size_t>(n);
+        }
+        _exit(0);
+    }
+    close(fds[1]);
+    std::string out;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fds[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) {
+        return WTERMSIG(status) == SIGALRM
+                   ? "<no answer within " + std::to_string(seconds) + " s>"
+                   : "<killed by signal " + std::to_string(WTERMSIG(status)) + ">";
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return "<child failed>";
+    return out;
+}
+
+// load_string's diagnostics, one per line, computed in a bounded child process.
+std::string bounded_errors(const std::string& yaml) {
+    return in_bounded_child([&] {
+        auto r = load_string(yaml, "t.yaml", no_env);
+        std::string out;
+        for (const auto& d : r.errors) out += d.str() + "\n";
+        if (r.config.has_value() == !r.errors.empty()) out += "<config and errors disagree>\n";
+        return out;
+    });
+}
+
+// parse_rule's diagnostics (the admin API's path for rule bodies), the same way.
+std::string bounded_rule_errors(const std::string& body) {
+    return in_bounded_child([&] {
+        auto r = parse_rule(body, "body");
+        std::string out;
+        for (const auto& d : r.errors) out += d.str() + "\n";
+        if (r.rule.has_value() == !r.errors.empty()) out += "<rule and errors disagree>\n";
+        return out;
+    });
 }
 
 Rule one_rule(const std::string& rules, const std::string& protocol = "tcp") {
@@ -795,6 +880,65 @@ TEST_CASE("error: YAML syntax errors give one diagnostic at the parser's mark") 
     CHECK(one_error("a: 1\n  b: 2\n") == "t.yaml:2:4: invalid YAML: illegal map value");
     CHECK(one_error("seed: 1\n---\nseed: 2\n") ==
           "t.yaml:3:1: expected one YAML document, found 2");
+}
+
+// RELIABILITY.md 4.2: yaml-cpp 0.7's LoadAll never returned on these (a null document at the
+// same token, forever, ~1 GiB/s of memory); from files, reloads and admin API rule bodies.
+TEST_CASE("a stray ',' is a syntax error at its position, in bounded time and memory") {
+    CHECK(bounded_errors(",") == "t.yaml:1:1: invalid YAML: expected a value, found \",\"\n");
+    CHECK(bounded_errors("\n,\n\n") == "t.yaml:2:1: invalid YAML: expected a value, found \",\"\n");
+    CHECK(bounded_errors(",a") == "t.yaml:1:1: invalid YAML: expected a value, found \",\"\n");
+    CHECK(bounded_errors("  ,  # comment\n") ==
+          "t.yaml:1:3: invalid YAML: expected a value, found \",\"\n");
+    // A second document that is ",".
+    CHECK(bounded_errors("seed: 1\n---\n,\n") ==
+          "t.yaml:3:1: invalid YAML: expected a value, found \",\"\n");
+    CHECK(bounded_errors("---\n,") == "t.yaml:2:1: invalid YAML: expected a value, found \",\"\n");
+    // After a complete top-level value (a trailing comma after a JSON object, say).
+    CHECK(bounded_errors("{seed: 1},") ==
+          "t.yaml:1:10: invalid YAML: expected the end of the document, found \",\"\n");
+    CHECK(bounded_errors("{seed: 1}\n\n  ,\n") ==
+          "t.yaml:3:3: invalid YAML: expected the end of the document, found \",\"\n");
+    CHECK(bounded_errors("- a\n,\n") ==
+          "t.yaml:2:1: invalid YAML: expected the end of the document, found \",\"\n");
+    CHECK(bounded_errors("\"x\",") ==
+          "t.yaml:1:4: invalid YAML: expected the end of the document, found \",\"\n");
+    // After an anchor or a tag, which yaml-cpp consumes before giving up on the ",".
+    CHECK(bounded_errors("&x ,") == "t.yaml:1:4: invalid YAML: expected a value, found \",\"\n");
+    CHECK(bounded_errors("!t ,").starts_with("t.yaml:1:4: invalid YAML: expected "));
+    // Through ${VAR} expansion the position is still the one in the original text.
+    CHECK(in_bounded_child([] {
+              auto r = load_string("seed: 1\n---\n${C}\n", "t.yaml", [](const std::string& n) {
+                  return n == "C" ? std::optional<std::string>(",") : std::nullopt;
+              });
+              return r.errors.size() == 1 ? r.errors[0].str() : std::string("<not one error>");
+          }) == "t.yaml:3:1: invalid YAML: expected a value, found \",\"");
+
+    // Admin API rule bodies go through the same parser.
+    CHECK(bounded_rule_errors(",") == "body:1:1: invalid YAML: expected a value, found \",\"\n");
+    CHECK(bounded_rule_errors("\n,\n\n") ==
+          "body:2:1: invalid YAML: expected a value, found \",\"\n");
+    CHECK(bounded_rule_errors(R"({"name":"x","fault":{"type":"reset"}},)") ==
+          "body:1:38: invalid YAML: expected the end of the document, found \",\"\n");
+    CHECK(bounded_rule_errors("name: x\nfault: {type: reset}\n---\n,") ==
+          "body:4:1: invalid YAML: expected a value, found \",\"\n");
+}
+
+TEST_CASE("documents are still counted, and a single one still loads") {
+    CHECK(one_error("seed: 1\n...\nseed: 2\n...\nseed: 3\n") ==
+          "t.yaml:3:1: expected one YAML document, found 3");
+    CHECK(one_error("seed: 1\n---\n") == "t.yaml:3:1: expected one YAML document, found 2");
+    CHECK(one_error("---\n---\n") == "t.yaml:3:1: expected one YAML document, found 2");
+    CHECK(ok("---\nseed: 7\n...\n").seed == 7u);
+    CHECK(ok("%YAML 1.2\n---\nseed: 7\n").seed == 7u);
+    CHECK(ok("# only a comment\n").proxies.empty());
+    CHECK(ok("---\n").proxies.empty());
+    // A "," inside a flow collection or a plain scalar is not stray.
+    CHECK(ok("seed: 1\nlog: {level: info, format: json}\n").seed == 1u);
+    CHECK(one_error("seed: a, b\n") == "t.yaml:1:7: seed: expected an integer, found \"a, b\"");
+    auto r = parse_rule("name: x\nfault: {type: reset}\n", "body");
+    CHECK(r.errors.empty());
+    CHECK(r.rule.has_value());
 }
 
 TEST_CASE("every error is reported, not just the first") {
