@@ -1,5 +1,6 @@
 // Scalar notations of the config file. Arithmetic is done in 128-bit integers on the decimal
-// text so that `1.1MB` is exact and overflow is detected instead of wrapping.
+// text so that `1.1MB` is exact; every multiplication and addition is checked, so a value too
+// large for 128 bits is reported as too large instead of wrapping to a small one.
 #include "config/units.hpp"
 
 #include <arpa/inet.h>
@@ -21,8 +22,6 @@ constexpr std::string_view kHostPortExpect =
     "expected host:port like 127.0.0.1:8080, [::1]:8080 or mail:25";
 constexpr std::string_view kSliceExpect = "expected a slice size like 1 or 1-16";
 
-// Far below 2^128 / 10^18, so mantissa * multiplier cannot overflow before we range-check.
-constexpr size_t kMaxDigits = 24;
 constexpr int kMaxFractionDigits = 12;
 
 std::string found(std::string_view expect, std::string_view text, std::string_view why = {}) {
@@ -58,31 +57,60 @@ bool iequals(std::string_view a, std::string_view b) {
     return true;
 }
 
-u128 pow10(int n) {
+// a * b and a + b, or false (and `out` untouched) when the result does not fit in 128 bits.
+bool checked_mul(u128 a, u128 b, u128& out) {
+    u128 r = 0;
+    if (__builtin_mul_overflow(a, b, &r)) return false;
+    out = r;
+    return true;
+}
+bool checked_add(u128 a, u128 b, u128& out) {
+    u128 r = 0;
+    if (__builtin_add_overflow(a, b, &r)) return false;
+    out = r;
+    return true;
+}
+
+u128 pow10(int n) {  // n <= kMaxFractionDigits
     u128 r = 1;
     while (n-- > 0) r *= 10;
     return r;
 }
 
-// value = mantissa / 10^scale
+// value = mantissa / 10^scale. `overflow`: the digits did not fit in 128 bits, so the value is
+// larger than anything a caller accepts (>= 2^128 / 10^kMaxFractionDigits, ~3.4e26).
 struct Decimal {
     u128 mantissa = 0;
     int scale = 0;
+    bool overflow = false;
+
+    void push_digit(char c) {
+        if (overflow) return;
+        u128 m = 0;
+        if (!checked_mul(mantissa, 10, m) ||
+            !checked_add(m, static_cast<unsigned>(c - '0'), mantissa))
+            overflow = true;
+    }
+    // mantissa * multiplier / 10^scale split into whole units and a remainder; false when the
+    // whole part does not fit in 128 bits (too large for any caller).
+    bool scaled(uint64_t multiplier, u128& whole, u128& rem) const {
+        u128 product = 0;
+        if (overflow || !checked_mul(mantissa, multiplier, product)) return false;
+        u128 div = pow10(scale);
+        whole = product / div;
+        rem = product % div;
+        return true;
+    }
 };
 
-// Consumes `digits[.digits]` from the front of `s`. Empty result: no number there.
+// Consumes `digits[.digits]` from the front of `s`. Empty result: no number there (`why` set
+// when there is one, but it cannot be used). Any number of integer digits is read; a value
+// that does not fit is marked `overflow` for the caller to report with its own maximum.
 std::optional<Decimal> take_number(std::string_view& s, std::string& why) {
     Decimal d;
     size_t i = 0;
-    size_t digits = 0;
-    while (i < s.size() && is_digit(s[i])) {
-        d.mantissa = d.mantissa * 10 + static_cast<unsigned>(s[i] - '0');
-        ++i;
-        if (++digits > kMaxDigits) {
-            why = "too large";
-            return std::nullopt;
-        }
-    }
+    while (i < s.size() && is_digit(s[i])) d.push_digit(s[i++]);
+    size_t digits = i;
     if (i < s.size() && s[i] == '.') {
         size_t j = i + 1;
         while (j < s.size() && is_digit(s[j])) {
@@ -90,7 +118,7 @@ std::optional<Decimal> take_number(std::string_view& s, std::string& why) {
                 why = "too many decimal places";
                 return std::nullopt;
             }
-            d.mantissa = d.mantissa * 10 + static_cast<unsigned>(s[j] - '0');
+            d.push_digit(s[j]);
             ++d.scale;
             ++j;
         }
@@ -100,6 +128,10 @@ std::optional<Decimal> take_number(std::string_view& s, std::string& why) {
     if (i == 0) return std::nullopt;
     s.remove_prefix(i);
     return d;
+}
+
+std::string too_large(std::string_view max_text) {
+    return "too large: the maximum is " + std::string(max_text);
 }
 
 std::string_view take_unit(std::string_view& s) {
@@ -130,8 +162,10 @@ constexpr SizeUnit kSizeUnits[] = {
     {"TB", 1000ull * 1000 * 1000 * 1000},
 };
 
-// The shared core of sizes, rates and slice bounds: returns bytes, or sets `why`.
-std::optional<uint64_t> size_core(std::string_view text, std::string& why) {
+// The shared core of sizes, rates and slice bounds: returns bytes, or sets `why`. `per` follows
+// "bytes" in the too-large message ("/s" for rates).
+std::optional<uint64_t> size_core(std::string_view text, std::string& why,
+                                  std::string_view per = {}) {
     std::string_view s = trim(text);
     if (s.empty()) {
         why = "empty";
@@ -163,15 +197,14 @@ std::optional<uint64_t> size_core(std::string_view text, std::string& why) {
         }
         return std::nullopt;
     }
-    u128 scaled = num->mantissa * found_unit->multiplier;
-    u128 div = pow10(num->scale);
-    if (scaled % div != 0) {
-        why = "not a whole number of bytes";
+    u128 bytes = 0;
+    u128 rem = 0;
+    if (!num->scaled(found_unit->multiplier, bytes, rem) || bytes > UINT64_MAX) {
+        why = too_large(std::to_string(UINT64_MAX) + " bytes" + std::string(per));
         return std::nullopt;
     }
-    u128 bytes = scaled / div;
-    if (bytes > UINT64_MAX) {
-        why = "too large";
+    if (rem != 0) {
+        why = "not a whole number of bytes";
         return std::nullopt;
     }
     return static_cast<uint64_t>(bytes);
@@ -217,7 +250,8 @@ Parsed<Duration> parse_duration(std::string_view text) {
         s = trim(s);
         if (unit.empty()) {
             // A bare number is only unambiguous when it is zero.
-            if (first && s.empty() && num->mantissa == 0) return P::ok(Duration{0});
+            if (first && s.empty() && !num->overflow && num->mantissa == 0)
+                return P::ok(Duration{0});
             return P::fail(found(kDurationExpect, text, "missing unit"));
         }
         const DurationUnit* du = nullptr;
@@ -229,15 +263,19 @@ Parsed<Duration> parse_duration(std::string_view text) {
                 found(kDurationExpect, text,
                       "unknown unit \"" + std::string(unit) + "\"; use us, ms, s, m or h"));
         }
-        u128 scaled = num->mantissa * static_cast<u128>(du->micros);
-        u128 div = pow10(num->scale);
-        if (scaled % div != 0) {
+        constexpr auto kMax = static_cast<u128>(kMaxDuration.count());
+        u128 micros = 0;
+        u128 rem = 0;
+        // total <= kMax here, so kMax - total cannot wrap.
+        if (!num->scaled(static_cast<uint64_t>(du->micros), micros, rem) || micros > kMax - total) {
+            return P::fail(
+                found(kDurationExpect, text,
+                      "too long: the maximum is " + format_duration(kMaxDuration) + ", 366 days"));
+        }
+        if (rem != 0) {
             return P::fail(found(kDurationExpect, text, "finer than one microsecond"));
         }
-        total += scaled / div;
-        if (total > static_cast<u128>(kMaxDuration.count())) {
-            return P::fail(found(kDurationExpect, text, "longer than one year"));
-        }
+        total += micros;
         first = false;
     }
     return P::ok(Duration{static_cast<int64_t>(total)});
@@ -250,7 +288,7 @@ Parsed<uint64_t> parse_rate(std::string_view text) {
         return P::fail(found(kRateExpect, text, "missing \"/s\""));
     }
     std::string why;
-    auto v = size_core(s.substr(0, s.size() - 2), why);
+    auto v = size_core(s.substr(0, s.size() - 2), why, "/s");
     if (!v) return P::fail(found(kRateExpect, text, why));
     if (*v == 0) return P::fail(found(kRateExpect, text, "must be greater than 0"));
     return P::ok(*v);

@@ -10,6 +10,9 @@
 //   A bare number is accepted only for 0. At most one year, so callers can add a duration to
 //   a clock reading without overflow.
 // - Rates: a size followed by `/s` (`64KiB/s`, `1000/s`), in bytes per second, > 0.
+// - Range: sizes, rates and slice bounds up to 2^64 - 1 bytes, durations up to kMaxDuration.
+//   Numbers may have any number of digits; arithmetic is checked, never wraps, and a value out
+//   of range is an error that names the maximum.
 #pragma once
 
 #include <cstdint>

@@ -105,9 +105,13 @@ TEST_CASE("sizes: errors say what was found and what was expected") {
     CHECK(size_error("") == "expected a size like 512, 64KiB, 1MiB or 1MB, found \"\" (empty)");
     CHECK(size_error("18446744073709551616") ==
           "expected a size like 512, 64KiB, 1MiB or 1MB, found \"18446744073709551616\" (too "
-          "large)");
-    CHECK(size_error("20000000TiB").ends_with("(too large)"));
-    CHECK(size_error("999999999999999999999999999999").ends_with("(too large)"));
+          "large: the maximum is 18446744073709551615 bytes)");
+    CHECK(size_error("20000000TiB")
+              .ends_with("(too large: the maximum is 18446744073709551615 "
+                         "bytes)"));
+    CHECK(size_error("999999999999999999999999999999")
+              .ends_with("(too large: the maximum is "
+                         "18446744073709551615 bytes)"));
     CHECK_FALSE(parse_size("1KiB2"));
     CHECK_FALSE(parse_size("1 2"));
     CHECK_FALSE(parse_size("."));
@@ -140,10 +144,80 @@ TEST_CASE("durations") {
           "expected a duration like 250ms, 2s, 5m, 1h, found \"1.0005ms\" (finer than one "
           "microsecond)");
     CHECK(duration_error("9000h") ==
-          "expected a duration like 250ms, 2s, 5m, 1h, found \"9000h\" (longer than one year)");
+          "expected a duration like 250ms, 2s, 5m, 1h, found \"9000h\" (too long: the maximum is "
+          "8784h, 366 days)");
     CHECK(duration_error("soon") == "expected a duration like 250ms, 2s, 5m, 1h, found \"soon\"");
     CHECK_FALSE(parse_duration("1s5"));
     CHECK_FALSE(parse_duration(""));
+}
+
+// RELIABILITY.md 4.3: the mantissa (up to 36 digits) times the unit used to wrap around in
+// 128-bit arithmetic, so these two were accepted as 1 TiB and 1 us.
+TEST_CASE("sizes and durations past 128 bits are too large, not wrapped around") {
+    CHECK(size_error("309485009821345068724782.056TiB") ==
+          "expected a size like 512, 64KiB, 1MiB or 1MB, found "
+          "\"309485009821345068724782.056TiB\" (too large: the maximum is 18446744073709551615 "
+          "bytes)");
+    CHECK(duration_error("295383999063314638423068.235617854628h") ==
+          "expected a duration like 250ms, 2s, 5m, 1h, found "
+          "\"295383999063314638423068.235617854628h\" (too long: the maximum is 8784h, 366 days)");
+    // In a compound duration too.
+    CHECK(duration_error("1m 295383999063314638423068.235617854628h")
+              .ends_with("(too long: the maximum is 8784h, 366 days)"));
+    // Any number of digits is read, and too many of them are too large, not a wrong value.
+    CHECK(size_error(std::string(5000, '9') + "KiB")
+              .ends_with("(too large: the maximum is 18446744073709551615 bytes)"));
+    CHECK(duration_error("1" + std::string(60, '0') + "us")
+              .ends_with("(too long: the maximum is 8784h, 366 days)"));
+    // The same through rates and slice sizes.
+    CHECK(parse_rate("309485009821345068724782.056TiB/s").error ==
+          "expected a rate like 64KiB/s, 1MiB/s or 1000/s, found "
+          "\"309485009821345068724782.056TiB/s\" (too large: the maximum is 18446744073709551615 "
+          "bytes/s)");
+    CHECK(parse_rate("16777216TiB/s")
+              .error.ends_with("(too large: the maximum is "
+                               "18446744073709551615 bytes/s)"));
+    CHECK(parse_slice_size("1-309485009821345068724782.056TiB").error ==
+          "expected a slice size like 1 or 1-16, found \"1-309485009821345068724782.056TiB\" "
+          "(too large: the maximum is 18446744073709551615 bytes)");
+    CHECK(parse_slice_size("18446744073709551616")
+              .error.ends_with("(too large: the maximum is 18446744073709551615 bytes)"));
+    // Still a unit error when the unit is wrong, however large the number.
+    CHECK(size_error(std::string(40, '9') + "XB").find("unknown unit \"XB\"") != std::string::npos);
+}
+
+TEST_CASE("sizes and durations: the largest accepted values") {
+    CHECK(size_of("18446744073709551615B") == UINT64_MAX);
+    CHECK(size_of("16777215TiB") == UINT64_MAX - (1ull << 40) + 1);  // 2^64 - 2^40
+    CHECK(size_error("16777216TiB")
+              .ends_with("(too large: the maximum is 18446744073709551615 "
+                         "bytes)"));
+    CHECK(size_of("18446744073709.551615MB") == UINT64_MAX);
+    CHECK(size_error("18446744073709.551616MB")
+              .ends_with("(too large: the maximum is "
+                         "18446744073709551615 bytes)"));
+    CHECK(size_of("18446744.073709551615TB") == UINT64_MAX);
+    CHECK(size_of("0.000000000001TB") == 1);  // 12 decimal places
+    CHECK(size_error("0.0000000000001TB").ends_with("(too many decimal places)"));
+    // Leading zeros are not digits of magnitude.
+    CHECK(size_of(std::string(40, '0') + "1KiB") == 1024);
+    CHECK(size_of("0000000000000000000000000000000000000000") == 0);
+
+    CHECK(duration_of("8784h") == kMaxDuration);
+    CHECK(duration_of("527040m") == kMaxDuration);
+    CHECK(duration_of("31622400s") == kMaxDuration);
+    CHECK(duration_of("31622400000ms") == kMaxDuration);
+    CHECK(duration_of("31622400000000us") == kMaxDuration);
+    CHECK(duration_of("8783h 59m 59.999999s 1us") == kMaxDuration);
+    CHECK(duration_of(std::string(40, '0') + "1s") == 1s);
+    CHECK(duration_error("8784h1us").ends_with("(too long: the maximum is 8784h, 366 days)"));
+    CHECK(
+        duration_error("31622400000001us").ends_with("(too long: the maximum is 8784h, 366 days)"));
+    CHECK(duration_error("8784.0000003h").ends_with("(too long: the maximum is 8784h, 366 days)"));
+
+    CHECK(*parse_rate("18446744073709551615/s") == UINT64_MAX);
+    CHECK(*parse_rate("16777215TiB/s") == UINT64_MAX - (1ull << 40) + 1);
+    CHECK(parse_slice_size("1-18446744073709551615")->max == UINT64_MAX);
 }
 
 TEST_CASE("rates") {
