@@ -206,14 +206,15 @@ HttpResponse AdminApi::list_connections(ProxyServer& p) {
     std::string out = "[";
     bool first = true;
     uint64_t now = uv_now(p.loop());
-    p.for_each_session([&](const Session& s) {
+    p.for_each_session([&](const Session& s, unsigned worker) {
         out += first ? "" : ",";
         first = false;
         out += "{\"id\":" + std::to_string(s.id()) + ",\"client\":" + q(s.client_addr()) +
                ",\"age_seconds\":" +
                std::to_string(static_cast<double>(now - s.started_ms()) / 1000.0) +
                ",\"bytes_upstream\":" + std::to_string(s.bytes_up()) +
-               ",\"bytes_downstream\":" + std::to_string(s.bytes_down()) + ",\"rules\":[";
+               ",\"bytes_downstream\":" + std::to_string(s.bytes_down()) +
+               ",\"worker\":" + std::to_string(worker) + ",\"rules\":[";
         bool first_rule = true;
         for (const std::string& r : s.rule_names()) {
             out += (first_rule ? "" : ",") + q(r);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <csignal>
 #include <map>
+#include <thread>
 
 #include "config/units.hpp"
 #include "proxy/clock.hpp"
@@ -83,9 +84,7 @@ int App::run() {
     mark_start();
     // Without a configured seed every run differs; with one, every random decision repeats.
     seed_ = cfg_.seed ? *cfg_.seed : uv_hrtime();
-    if (cfg_.workers != 1)
-        log::warn("only one worker thread is implemented yet; workers is ignored",
-                  {{"workers", cfg_.workers}});
+    start_workers();
 
     uv_signal_init(&loop_, &sigterm_);
     uv_signal_init(&loop_, &sigint_);
@@ -126,7 +125,8 @@ std::string App::apply(const config::Config& cfg) {
     for (const auto& p : cfg.proxies) {
         auto it = running.find(p.name);
         if (it != running.end() && same_listen(it->second->config(), p)) continue;
-        auto server = std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p));
+        auto server =
+            std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p), &pool_);
         server->set_seed(seed_);
         server->set_metrics(&metrics_);
         int e = server->listen();
@@ -204,7 +204,7 @@ ProxyServer* App::find_server(const std::string& name) {
 std::string App::add_proxy(const config::Proxy& p) {
     if (stopping_) return "shutting down";
     if (find_server(p.name) != nullptr) return "proxy " + p.name + " already exists";
-    auto server = std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p));
+    auto server = std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p), &pool_);
     server->set_seed(seed_);
     server->set_metrics(&metrics_);
     server->set_created_at_runtime();
@@ -231,6 +231,16 @@ bool App::remove_proxy(const std::string& name) {
         return true;
     }
     return false;
+}
+
+void App::start_workers() {
+    workers_ = cfg_.workers != 0 ? cfg_.workers : std::max(1u, std::thread::hardware_concurrency());
+    main_queue_ = std::make_unique<LoopQueue>(&loop_);
+    pool_.main = main_queue_.get();
+    pool_.on_idle = [this] { schedule_reap(); };
+    // The main loop is the first worker: it serves connections as well as the APIs.
+    for (unsigned i = 1; i < workers_; ++i) pool_.workers.push_back(std::make_unique<Worker>(i));
+    if (workers_ > 1) log::info("workers started", {{"workers", workers_}});
 }
 
 std::string App::start_admin() {
@@ -293,6 +303,11 @@ std::string App::reload() {
         return err;
     }
     metrics_.reload(true);
+    unsigned want = r.config->workers != 0 ? r.config->workers
+                                           : std::max(1u, std::thread::hardware_concurrency());
+    if (want != workers_)
+        log::warn("workers changed in the file; it takes effect at the next start",
+                  {{"running", workers_}, {"configured", want}});
     cfg_ = std::move(*r.config);
     log::configure(cfg_.log.level, cfg_.log.format);
     log::info("reloaded", {{"file", opts_.config_path}, {"proxies", servers_.size()}});
@@ -365,6 +380,10 @@ void App::close_process_handles() {
     if (handles_closed_) return;
     handles_closed_ = true;
     if (admin_) admin_->close([] {});
+    // Every proxy, and so every replica, is gone: the workers' loops have nothing left.
+    for (auto& w : pool_.workers) w->stop();
+    pool_.workers.clear();
+    if (main_queue_) main_queue_->close();
     if (toxi_http_) toxi_http_->close([] {});
     for (uv_handle_t* h :
          {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),

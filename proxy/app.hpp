@@ -1,4 +1,5 @@
-// The process: one event loop, the running proxies, signals, reload and graceful stop.
+// The process: the main event loop (plus `workers` - 1 worker loops), the running proxies,
+// signals, reload and graceful stop.
 #pragma once
 
 #include <uv.h>
@@ -14,6 +15,7 @@
 #include "proxy/metrics.hpp"
 #include "proxy/proxy_server.hpp"
 #include "proxy/toxiproxy_api.hpp"
+#include "proxy/worker.hpp"
 
 namespace tcpfault {
 
@@ -49,6 +51,7 @@ class App {
     void close_process_handles();
     std::string start_admin();
     std::string start_toxiproxy();
+    void start_workers();
 
     static void on_signal(uv_signal_t* h, int signum);
     static void on_grace_timeout(uv_timer_t* t);
@@ -58,6 +61,10 @@ class App {
     uv_loop_t loop_{};
     config::Config cfg_;
     Metrics metrics_;
+    unsigned workers_ = 1;  // fixed for the process's life
+    std::unique_ptr<LoopQueue> main_queue_;
+    // Declared before the proxies: they hold replicas on these loops.
+    WorkerPool pool_;
     std::unique_ptr<AdminApi> api_;
     std::unique_ptr<HttpServer> admin_;
     std::unique_ptr<ToxiproxyApi> toxi_api_;

@@ -3,14 +3,16 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <ctime>
 
 namespace tcpfault::log {
 namespace {
 
-config::LogLevel g_level = config::LogLevel::info;
-config::LogFormat g_format = config::LogFormat::text;
+// Worker threads log too; a reload may change these meanwhile.
+std::atomic<config::LogLevel> g_level{config::LogLevel::info};
+std::atomic<config::LogFormat> g_format{config::LogFormat::text};
 
 const char* level_name(config::LogLevel l) {
     switch (l) {
@@ -60,7 +62,7 @@ void configure(config::LogLevel level, config::LogFormat format) {
 }
 
 bool enabled(config::LogLevel level) {
-    return static_cast<int>(level) <= static_cast<int>(g_level);
+    return static_cast<int>(level) <= static_cast<int>(g_level.load(std::memory_order_relaxed));
 }
 
 namespace {

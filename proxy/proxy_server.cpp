@@ -5,6 +5,8 @@
 #include <cstring>
 
 #include <algorithm>
+#include <atomic>
+#include <optional>
 #include <vector>
 
 #include "faults/rule_matcher.hpp"
@@ -16,13 +18,48 @@ namespace tcpfault {
 
 namespace {
 constexpr int kBacklog = 4096;
-uint64_t g_session_ids = 0;  // process-wide, so ids in logs are unique across proxies
+// Process-wide, so ids in logs and the API are unique across proxies and workers.
+std::atomic<uint64_t> g_session_ids{0};
 }  // namespace
 
-ProxyServer::ProxyServer(uv_loop_t* loop, std::shared_ptr<const config::Proxy> cfg)
-    : loop_(loop), cfg_(std::move(cfg)) {}
+ProxyServer::ProxyServer(uv_loop_t* loop, std::shared_ptr<const config::Proxy> cfg,
+                         WorkerPool* pool)
+    : loop_(loop), cfg_(std::move(cfg)), pool_(pool), shared_(std::make_shared<ProxyShared>()) {}
 
-ProxyServer::~ProxyServer() = default;
+ProxyServer::~ProxyServer() {
+    for (auto& r : replicas_) {
+        // A replica's handles and sessions belong to its loop: it is freed there.
+        r.worker->queue().run_sync([&r] { r.server.reset(); });
+    }
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    std::erase_if(shared_->instances, [this](const auto& i) { return i.first == this; });
+}
+
+void ProxyServer::become_replica_of(const ProxyServer& primary) {
+    replica_ = true;
+    shared_ = primary.shared_;
+    seed_ = primary.seed_;
+    metrics_ = primary.metrics_;
+    bound_ = primary.bound_;
+    listen_addr_ = primary.listen_addr_;
+    WorkerPool* pool = primary.pool_;
+    // Whatever a replica frees, the main loop may now be able to reap its primary.
+    on_idle_ = [pool] { pool->main->post(pool->on_idle); };
+    for (const auto& w : pool->workers)
+        if (w->loop() == loop_) {
+            queue_ = &w->queue();
+            worker_ = w->index();
+        }
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    shared_->instances.emplace_back(this, queue_);
+}
+
+void ProxyServer::each_replica(const std::function<void(ProxyServer&)>& fn) const {
+    for (const auto& r : replicas_) {
+        ProxyServer* s = r.server.get();
+        r.worker->queue().run_sync([&] { fn(*s); });
+    }
+}
 
 int ProxyServer::listen() {
     sockaddr_storage ss;
@@ -41,6 +78,25 @@ int ProxyServer::listen() {
     bound_ = ss;
     int err = open_listener();
     if (err != 0) return err;
+    if (pool_ != nullptr && !pool_->workers.empty()) {
+        {
+            std::lock_guard<std::mutex> lock(shared_->mu);
+            shared_->instances.emplace_back(this, pool_->main);
+        }
+        // Replicas bind the port the primary got (port 0 included), beside it.
+        for (auto& w : pool_->workers) {
+            Worker* worker = w.get();
+            std::unique_ptr<ProxyServer> r;
+            w->queue().run_sync([&] {
+                r = std::make_unique<ProxyServer>(worker->loop(), cfg_);
+                r->become_replica_of(*this);
+                err = r->open_listener();
+                if (err != 0) r->stop_accepting();
+            });
+            replicas_.push_back(Replica{worker, std::move(r)});
+            if (err != 0) return err;  // the caller retires us, and with us every replica
+        }
+    }
     log::info("listening",
               {{"proxy", cfg_->name}, {"addr", listen_addr_}, {"upstream", cfg_->upstream.str()}});
     start_rule_clock();
@@ -48,11 +104,20 @@ int ProxyServer::listen() {
 }
 
 int ProxyServer::open_listener() {
-    int err = uv_tcp_init(loop_, &listener_);
+    int err = uv_tcp_init_ex(loop_, &listener_, bound_.ss_family);
     if (err != 0) return err;
     listener_.data = this;
     listener_open_ = true;
-    err = uv_tcp_bind(&listener_, reinterpret_cast<const sockaddr*>(&bound_), 0);
+    bool reuseport = replica_ || (pool_ != nullptr && !pool_->workers.empty());
+    if (reuseport) {
+        // One listening socket per loop; the kernel spreads new connections across them.
+        uv_os_fd_t fd;
+        int on = 1;
+        err = uv_fileno(reinterpret_cast<uv_handle_t*>(&listener_), &fd);
+        if (err == 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0)
+            err = uv_translate_sys_error(errno);
+    }
+    if (err == 0) err = uv_tcp_bind(&listener_, reinterpret_cast<const sockaddr*>(&bound_), 0);
     if (err == 0)
         err = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), kBacklog, on_connection);
     if (err != 0) {
@@ -73,15 +138,39 @@ void ProxyServer::close_listener() {
 
 void ProxyServer::stop_accepting() {
     retired_ = true;
+    want_listen_ = false;
     close_listener();
     for (auto& [id, l] : data_listeners_) l->close();
     if (clock_open_) uv_close(reinterpret_cast<uv_handle_t*>(&clock_), on_clock_closed);
+    each_replica([](ProxyServer& r) { r.stop_accepting(); });
+}
+
+void ProxyServer::set_accepting(bool on) {
+    want_listen_ = on;
+    int err = 0;
+    bool opened = false;
+    if (!on) {
+        close_listener();
+    } else if (!listener_open_ && !retired_) {
+        err = open_listener();
+        opened = err == 0;
+    }
+    each_replica([on](ProxyServer& r) { r.set_accepting(on); });
+    // Logged once every loop listens again, so a client reading the log can connect.
+    if (err != 0)
+        log::warn("cannot re-open listener, will retry",
+                  {{"proxy", cfg_->name}, {"error", uv_error_string(err)}});
+    else if (opened && !replica_)
+        log::info("listener re-opened", {{"proxy", cfg_->name}, {"addr", listen_addr_}});
 }
 
 void ProxyServer::on_listener_closed(uv_handle_t* h) {
     auto* self = static_cast<ProxyServer*>(h->data);
     self->listener_open_ = false;
     self->listener_closing_ = false;
+    // Asked to listen again while the old socket was still closing.
+    if (self->want_listen_ && !self->retired_ && self->open_listener() != 0)
+        log::warn("cannot re-open listener", {{"proxy", self->cfg_->name}});
     if (self->on_idle_) self->on_idle_();
 }
 
@@ -99,7 +188,8 @@ void ProxyServer::start_rule_clock() {
         needed = needed || std::holds_alternative<config::RefuseFault>(r.fault) ||
                  std::holds_alternative<config::RestartFault>(r.fault);
     }
-    if (!needed || clock_open_ || retired_) return;
+    // Replicas follow their primary's clock.
+    if (!needed || clock_open_ || retired_ || replica_) return;
     uv_timer_init(loop_, &clock_);
     clock_.data = this;
     clock_open_ = true;
@@ -122,9 +212,8 @@ void ProxyServer::on_rule_tick() {
         bool window = rule.enabled && (!rule.match.schedule || rule.match.schedule->active_at(now));
         if (window && !w.window && record_fault(rule)) {
             w.engaged = true;
-            size_t open = sessions_.size();
+            size_t open = active();
             if (restart_fault != nullptr) restart(restart_fault->downtime);
-            if (is_refuse && listener_open_) close_listener();
             log::info("fault injected", {{"proxy", cfg_->name},
                                          {"rule", rule.name},
                                          {"fault", config::fault_name(rule.fault)},
@@ -135,24 +224,20 @@ void ProxyServer::on_rule_tick() {
         refuse = refuse || (is_refuse && w.engaged);
     }
     refuse = refuse || uv_now(loop_) < restart_until_ms_;
-    if (refuse && listener_open_) {
-        close_listener();
-    } else if (!refuse && !listener_open_) {
-        int err = open_listener();
-        if (err != 0)
-            log::warn("cannot re-open listener, will retry",
-                      {{"proxy", cfg_->name}, {"error", uv_error_string(err)}});
-        else
-            log::info("listener re-opened", {{"proxy", cfg_->name}, {"addr", listen_addr_}});
+    if (refuse == want_listen_) {
+        set_accepting(!refuse);
+    } else if (!refuse && !listener_open_ && !listener_closing_) {
+        set_accepting(true);  // a re-open that failed: retry on every tick
     }
 }
 
 void ProxyServer::restart(config::Duration downtime) {
-    size_t open = sessions_.size();
+    size_t open = active();
     abort_sessions(true);
     if (downtime.count() > 0) {
         restart_until_ms_ = uv_now(loop_) + static_cast<uint64_t>((downtime.count() + 999) / 1000);
-        close_listener();  // closes the socket now; new connects are refused from here on
+        // Closes the sockets now; new connects are refused from here on.
+        set_accepting(false);
         // Proxies without refuse/restart rules (an API restart) need the clock to re-open.
         if (!clock_open_ && !retired_) {
             uv_timer_init(loop_, &clock_);
@@ -177,11 +262,11 @@ void ProxyServer::on_connection(uv_stream_t* listener, int status) {
         return;
     }
     uint64_t id = ++g_session_ids;
-    ++self->counters_.connections;
     if (self->metrics_ != nullptr) self->metrics_->connection_opened(self->name());
     auto session = std::make_unique<Session>(*self, id, self->cfg_);
     Session* s = session.get();
     self->sessions_.emplace(id, std::move(session));
+    self->active_.store(self->sessions_.size(), std::memory_order_relaxed);
     s->accept(listener);  // may fail and end the session later; never frees it synchronously
 }
 
@@ -199,12 +284,12 @@ std::string ProxyServer::open_ftp_data(const sockaddr_storage& bind, const socka
 void ProxyServer::accept_data(uv_stream_t* listener, const sockaddr_storage& target,
                               bool accepted_is_server) {
     uint64_t id = ++g_session_ids;
-    ++counters_.connections;
     if (metrics_ != nullptr) metrics_->connection_opened(name());
     Session::DataTarget t{target, accepted_is_server};
     auto session = std::make_unique<Session>(*this, id, cfg_, t);
     Session* s = session.get();
     sessions_.emplace(id, std::move(session));
+    active_.store(sessions_.size(), std::memory_order_relaxed);
     s->accept(listener);
 }
 
@@ -218,6 +303,25 @@ void ProxyServer::abort_sessions(bool with_reset) {
     open.reserve(sessions_.size());
     for (auto& [id, s] : sessions_) open.push_back(s.get());
     for (Session* s : open) s->abort(with_reset);
+    each_replica([with_reset](ProxyServer& r) { r.abort_sessions(with_reset); });
+}
+
+void ProxyServer::for_each_session(const std::function<void(const Session&, unsigned)>& fn) const {
+    for (const auto& [id, s] : sessions_) fn(*s, worker_);
+    each_replica([&fn](ProxyServer& r) { r.for_each_session(fn); });
+}
+
+size_t ProxyServer::active() const {
+    size_t n = active_.load(std::memory_order_relaxed);
+    for (const auto& r : replicas_) n += r.server->active_.load(std::memory_order_relaxed);
+    return n;
+}
+
+bool ProxyServer::finished() const {
+    if (!local_finished()) return false;
+    bool all = true;
+    each_replica([&all](ProxyServer& r) { all = all && r.local_finished(); });
+    return all;
 }
 
 void ProxyServer::session_finished(uint64_t id) {
@@ -228,15 +332,20 @@ void ProxyServer::session_finished(uint64_t id) {
         metrics_->connection_closed(
             name(), static_cast<double>(uv_now(loop_) - it->second->started_ms()) / 1000.0);
     sessions_.erase(it);
+    active_.store(sessions_.size(), std::memory_order_relaxed);
     if (!slots.empty()) release_slots(slots);
     if (on_idle_) on_idle_();
 }
 
 ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* client) {
     faults::ConnectionFacts facts;
-    // FTP data connections are counted apart, so `connections: {nth: 2}` with
-    // `channel: data` means the second transfer.
-    facts.ordinal = s.channel() == config::Channel::data ? ++data_ordinal_ : ++ordinal_;
+    {
+        // FTP data connections are counted apart, so `connections: {nth: 2}` with
+        // `channel: data` means the second transfer.
+        std::lock_guard<std::mutex> lock(shared_->mu);
+        facts.ordinal =
+            s.channel() == config::Channel::data ? ++shared_->data_ordinal : ++shared_->ordinal;
+    }
     facts.channel = s.channel();
     s.set_ordinal(facts.ordinal);
     facts.client = client;
@@ -251,19 +360,33 @@ ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* clie
             s.apply_rule(&rule);
             continue;
         }
-        CapState& st = caps_[rule.name];
-        if (st.active < cap->max) {
-            ++st.active;
+        bool slot = false;
+        {
+            std::lock_guard<std::mutex> lock(shared_->mu);
+            uint64_t& taken = shared_->cap_active[rule.name];
+            if (taken < cap->max) {
+                ++taken;
+                slot = true;
+            }
+        }
+        if (slot) {
             s.take_slot(rule.name);
             continue;
         }
         if (!record_fault(rule)) continue;  // limit reached: the cap no longer applies
-        s.log_fault(rule);
         count_rejected("cap");
         if (cap->over == config::CapFault::Over::hold) {
-            st.waiting.push_back(s.id());
+            {
+                std::lock_guard<std::mutex> lock(shared_->mu);
+                shared_->cap_waiting[rule.name].push_back(
+                    ProxyShared::Held{this, pool_ != nullptr ? pool_->main : queue_, s.id()});
+            }
+            // Logged once queued: a client that saw the line and connects again (maybe on
+            // another loop) queues behind this one.
+            s.log_fault(rule);
             return Admission::hold;
         }
+        s.log_fault(rule);
         s.reject(cap->over, cap->banner);
         return Admission::rejected;
     }
@@ -280,12 +403,16 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
                                 const std::string& replaced) {
     std::shared_ptr<const config::Proxy> old = std::move(cfg_);
     cfg_ = std::move(cfg);
-    // A replaced rule is a new rule: its `limit` counts afresh (faults_total keeps counting).
-    if (!replaced.empty()) fired_.erase(replaced);
-    set_metrics(metrics_);  // declares series for new rules
-    start_rule_clock();     // the new rules may include refuse/restart
-    // Switching refuse on or off acts now, not at the next tick.
-    if (clock_open_) on_rule_tick();
+    if (!replica_) {
+        // A replaced rule is a new rule: its `limit` counts afresh (faults_total keeps
+        // counting).
+        if (!replaced.empty()) {
+            std::lock_guard<std::mutex> lock(shared_->mu);
+            shared_->fired.erase(replaced);
+        }
+        set_metrics(metrics_);  // declares series for new rules
+        start_rule_clock();     // the new rules may include refuse/restart
+    }
     // Rules that are new, or newly enabled, also hit open connections (`existing`).
     for (const auto& rule : cfg_->rules) {
         if (!rule.match.existing || !rule.enabled) continue;
@@ -294,6 +421,9 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
         if (was != old->rules.end() && was->enabled && rule.name != replaced) continue;
         apply_to_open_sessions(rule);
     }
+    each_replica([&](ProxyServer& r) { r.update_config(cfg_, replaced); });
+    // Switching refuse on or off acts now, not at the next tick.
+    if (clock_open_) on_rule_tick();
 }
 
 void ProxyServer::apply_to_open_sessions(const config::Rule& rule) {
@@ -316,42 +446,70 @@ void ProxyServer::apply_to_open_sessions(const config::Rule& rule) {
 
 void ProxyServer::release_slots(const std::vector<std::string>& rules) {
     for (const auto& name : rules) {
-        auto it = caps_.find(name);
-        if (it == caps_.end()) continue;
-        CapState& st = it->second;
-        if (st.active > 0) --st.active;
-        // Admit the longest-waiting client that is still there.
-        while (!st.waiting.empty()) {
-            uint64_t id = st.waiting.front();
-            st.waiting.erase(st.waiting.begin());
-            auto sit = sessions_.find(id);
-            if (sit == sessions_.end() || sit->second->ending()) continue;
-            ++st.active;
-            sit->second->take_slot(name);
-            sit->second->admit();
-            break;
+        std::optional<ProxyShared::Held> next;
+        {
+            std::lock_guard<std::mutex> lock(shared_->mu);
+            uint64_t& taken = shared_->cap_active[name];
+            if (taken > 0) --taken;
+            // The slot goes to the longest-waiting client, on whichever loop it waits.
+            auto it = shared_->cap_waiting.find(name);
+            if (it != shared_->cap_waiting.end() && !it->second.empty()) {
+                next = it->second.front();
+                it->second.pop_front();
+                ++taken;
+            }
         }
+        if (!next) continue;
+        if (next->server == this) {
+            admit_held(name, next->session);
+            continue;
+        }
+        std::weak_ptr<ProxyShared> weak = shared_;
+        next->queue->post([weak, held = *next, name] {
+            auto shared = weak.lock();
+            if (!shared) return;
+            bool live;
+            {
+                // Instances are freed on their own loop (this thread): still listed, still
+                // alive.
+                std::lock_guard<std::mutex> lock(shared->mu);
+                live = std::any_of(shared->instances.begin(), shared->instances.end(),
+                                   [&](const auto& i) { return i.first == held.server; });
+            }
+            if (live) held.server->admit_held(name, held.session);
+        });
     }
+}
+
+void ProxyServer::admit_held(const std::string& rule, uint64_t id) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end() || it->second->ending()) {
+        release_slots({rule});  // gone meanwhile: the slot passes to the next in line
+        return;
+    }
+    it->second->take_slot(rule);
+    it->second->admit();
 }
 
 bool ProxyServer::record_fault(const config::Rule& rule) {
     // A pending trigger of a rule since deleted or disabled (API, reload) no longer fires.
     const config::Rule* cur = current_rule(rule.name);
     if (cur == nullptr || !cur->enabled) return false;
-    uint64_t& n = fired_[rule.name];
-    if (rule.match.limit && n >= *rule.match.limit) return false;
-    ++n;
+    {
+        std::lock_guard<std::mutex> lock(shared_->mu);
+        uint64_t& n = shared_->fired[rule.name];
+        if (rule.match.limit && n >= *rule.match.limit) return false;
+        ++n;
+    }
     if (metrics_ != nullptr) metrics_->fault(name(), rule.name, config::fault_name(rule.fault));
     return true;
 }
 
 void ProxyServer::count_rejected(const char* reason) {
-    ++counters_.rejected[reason];
     if (metrics_ != nullptr) metrics_->rejected(name(), reason);
 }
 
 void ProxyServer::count_upstream_error(const char* kind) {
-    ++counters_.upstream_errors[kind];
     if (metrics_ != nullptr) metrics_->upstream_error(name(), kind);
 }
 
@@ -365,12 +523,18 @@ void ProxyServer::set_metrics(Metrics* m) {
 
 void ProxyServer::sync_metrics() {
     if (metrics_ == nullptr) return;
-    metrics_->bytes(name(), "upstream", counters_.bytes_up - synced_up_);
-    metrics_->bytes(name(), "downstream", counters_.bytes_down - synced_down_);
-    synced_up_ = counters_.bytes_up;
-    synced_down_ = counters_.bytes_down;
+    uint64_t up = bytes_up_.load(std::memory_order_relaxed);
+    uint64_t down = bytes_down_.load(std::memory_order_relaxed);
+    for (const auto& r : replicas_) {
+        up += r.server->bytes_up_.load(std::memory_order_relaxed);
+        down += r.server->bytes_down_.load(std::memory_order_relaxed);
+    }
+    metrics_->bytes(name(), "upstream", up - synced_up_);
+    metrics_->bytes(name(), "downstream", down - synced_down_);
+    synced_up_ = up;
+    synced_down_ = down;
     if (retired_) return;  // a retiring instance's successor reports the live values
-    metrics_->set_active(name(), static_cast<double>(sessions_.size()));
+    metrics_->set_active(name(), static_cast<double>(active()));
     config::Duration now = since_start();
     for (const auto& r : cfg_->rules) {
         bool active = faults::rule_active(r, now, fired(r.name));
@@ -379,15 +543,15 @@ void ProxyServer::sync_metrics() {
 }
 
 uint64_t ProxyServer::fired(const std::string& rule) const {
-    auto it = fired_.find(rule);
-    return it == fired_.end() ? 0 : it->second;
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    auto it = shared_->fired.find(rule);
+    return it == shared_->fired.end() ? 0 : it->second;
 }
 
 void ProxyServer::count_bytes(config::Direction dir, size_t n) {
-    if (dir == config::Direction::upstream)
-        counters_.bytes_up += n;
-    else
-        counters_.bytes_down += n;
+    // Only this loop writes: a relaxed load and store, no locked instruction per chunk.
+    std::atomic<uint64_t>& c = dir == config::Direction::upstream ? bytes_up_ : bytes_down_;
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
 
 }  // namespace tcpfault

@@ -1,14 +1,24 @@
 // One configured proxy at run time: its listening socket, its open sessions and its counters.
 // The config snapshot is shared with sessions, so a reload swaps it for new connections while
 // open ones keep the one they started with.
+//
+// With `workers: N` the instance on the main loop (the primary, the one the APIs and the App
+// hold) owns a replica on each worker loop: every instance listens on the same address with
+// SO_REUSEPORT and serves the sessions the kernel gives it. The primary forwards every
+// operation to its replicas and waits for them, so an API call has acted everywhere when it
+// returns; what must count across instances (ordinals, `limit`, cap slots) lives in
+// ProxyShared.
 #pragma once
 
 #include <sys/socket.h>
 #include <uv.h>
 
+#include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -17,22 +27,37 @@
 #include "proxy/ftp_data_listener.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/session.hpp"
+#include "proxy/worker.hpp"
 
 namespace tcpfault {
 
-struct ProxyCounters {
-    uint64_t connections = 0;  // accepted
-    uint64_t connected = 0;    // upstream connect succeeded
-    uint64_t bytes_up = 0;
-    uint64_t bytes_down = 0;
-    std::unordered_map<std::string, uint64_t> rejected;         // by reason
-    std::unordered_map<std::string, uint64_t> upstream_errors;  // by kind
+class ProxyServer;
+
+// What a proxy's instances on all loops count together. Locked briefly per accept and per
+// fault; with one worker it is never contended.
+struct ProxyShared {
+    std::mutex mu;
+    uint64_t ordinal = 0;       // client connections, for `connections: {every, nth, first}`
+    uint64_t data_ordinal = 0;  // FTP data connections, counted apart
+    std::unordered_map<std::string, uint64_t> fired;       // per rule, for `limit`
+    std::unordered_map<std::string, uint64_t> cap_active;  // slots taken, per cap rule
+    // Clients held by a cap rule (`over: hold`), first come first served over all loops.
+    struct Held {
+        ProxyServer* server;
+        LoopQueue* queue;  // of the server's loop
+        uint64_t session;
+    };
+    std::unordered_map<std::string, std::deque<Held>> cap_waiting;
+    // Each live instance, so a task posted to another loop can tell it is still there.
+    std::vector<std::pair<ProxyServer*, LoopQueue*>> instances;
 };
 
 class ProxyServer {
   public:
-    ProxyServer(uv_loop_t* loop, std::shared_ptr<const config::Proxy> cfg);
-    ~ProxyServer();
+    // `pool` null or without workers: a single instance on `loop`.
+    ProxyServer(uv_loop_t* loop, std::shared_ptr<const config::Proxy> cfg,
+                WorkerPool* pool = nullptr);
+    ~ProxyServer();  // destroys the replicas on their own loops
     ProxyServer(const ProxyServer&) = delete;
     ProxyServer& operator=(const ProxyServer&) = delete;
 
@@ -49,9 +74,9 @@ class ProxyServer {
     // Rules new or newly enabled in it also apply to open connections (`existing`).
     // `replaced` names a rule whose definition changed (API PUT): it is re-applied too.
     void update_config(std::shared_ptr<const config::Proxy> cfg, const std::string& replaced = "");
-    void for_each_session(const std::function<void(const Session&)>& fn) const {
-        for (const auto& [id, s] : sessions_) fn(*s);
-    }
+    // Every open session of every instance, with the instance's worker(); `fn` runs on each
+    // session's own loop while the caller waits.
+    void for_each_session(const std::function<void(const Session&, unsigned)>& fn) const;
     // The rule by that name in the current config, or null.
     const config::Rule* current_rule(const std::string& name) const;
     // Applies one rule to every open connection it matches.
@@ -63,14 +88,14 @@ class ProxyServer {
     bool created_at_runtime() const { return created_at_runtime_; }
     const std::string& name() const { return cfg_->name; }
     uv_loop_t* loop() const { return loop_; }
+    // 0 for the main loop's instance, else the worker loop's number.
+    unsigned worker() const { return worker_; }
     std::string listen_addr() const { return listen_addr_; }
-    size_t active() const { return sessions_.size(); }
-    // True once retired, every handle closed and no session remains: safe to destroy.
-    bool finished() const {
-        return retired_ && !listener_open_ && !clock_open_ && sessions_.empty() &&
-               data_listeners_.empty();
-    }
-    const ProxyCounters& counters() const { return counters_; }
+    // Open sessions over all instances.
+    size_t active() const;
+    // True once retired, every handle closed and no session remains, in every instance:
+    // safe to destroy.
+    bool finished() const;
 
     // Called whenever a session ends or the listener closes, so the owner can reap.
     void set_on_idle(std::function<void()> cb) { on_idle_ = std::move(cb); }
@@ -84,7 +109,7 @@ class ProxyServer {
     void data_listener_closed(uint64_t id);
 
     // Rules: matching at accept, and injection counting (for `limit` and metrics).
-    void set_seed(uint64_t seed) { seed_ = seed; }
+    void set_seed(uint64_t seed) { seed_ = seed; }  // before listen()
     uint64_t seed() const { return seed_; }
     enum class Admission { admit, hold, rejected };
     // Applies matching rules to a new session; `cap` rules may hold or reject it.
@@ -97,7 +122,6 @@ class ProxyServer {
     // Session callbacks.
     void session_finished(uint64_t id);
     void count_bytes(config::Direction dir, size_t n);
-    void count_connected() { ++counters_.connected; }
     void count_rejected(const char* reason);
     void count_upstream_error(const char* kind);
 
@@ -106,9 +130,9 @@ class ProxyServer {
     void sync_metrics();
 
   private:
-    struct CapState {
-        uint64_t active = 0;
-        std::vector<uint64_t> waiting;  // held session ids, first come first served
+    struct Replica {
+        Worker* worker;
+        std::unique_ptr<ProxyServer> server;
     };
     struct WindowState {
         bool window = false;   // enabled and inside its schedule
@@ -117,6 +141,16 @@ class ProxyServer {
 
     int open_listener();
     void close_listener();
+    // Listener wanted open (true) or closed (refuse, restart); on every instance.
+    void set_accepting(bool on);
+    void each_replica(const std::function<void(ProxyServer&)>& fn) const;
+    void become_replica_of(const ProxyServer& primary);
+    // Hands a freed cap slot (already counted as taken) to a held session of this instance.
+    void admit_held(const std::string& rule, uint64_t id);
+    bool local_finished() const {
+        return retired_ && !listener_open_ && !clock_open_ && sessions_.empty() &&
+               data_listeners_.empty();
+    }
     void start_rule_clock();
     void on_rule_tick();
     static void on_connection(uv_stream_t* listener, int status);
@@ -126,7 +160,14 @@ class ProxyServer {
 
     uv_loop_t* loop_;
     std::shared_ptr<const config::Proxy> cfg_;
+    WorkerPool* pool_;
+    bool replica_ = false;
+    unsigned worker_ = 0;
+    LoopQueue* queue_ = nullptr;     // this loop's, for a replica (the primary's is pool_->main)
+    std::vector<Replica> replicas_;  // primary only
+    std::shared_ptr<ProxyShared> shared_;
     uv_tcp_t listener_{};
+    bool want_listen_ = true;
     bool listener_open_ = false;
     bool listener_closing_ = false;
     bool retired_ = false;
@@ -136,20 +177,18 @@ class ProxyServer {
     uv_timer_t clock_{};
     bool clock_open_ = false;
     uint64_t restart_until_ms_ = 0;
-    std::unordered_map<std::string, CapState> caps_;
     std::unordered_map<std::string, WindowState> windows_;
     std::unordered_map<uint64_t, std::unique_ptr<FtpDataListener>> data_listeners_;
     uint64_t next_listener_id_ = 1;
-    uint64_t data_ordinal_ = 0;
-    uint64_t next_id_ = 1;
     std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
-    ProxyCounters counters_;
+    // Read by the main loop (API, scrapes) while this instance's loop writes them.
+    std::atomic<size_t> active_{0};
+    std::atomic<uint64_t> bytes_up_{0};
+    std::atomic<uint64_t> bytes_down_{0};
     uint64_t seed_ = 0;
-    uint64_t ordinal_ = 0;
     Metrics* metrics_ = nullptr;
-    uint64_t synced_up_ = 0;  // bytes already added to the Prometheus counters
+    uint64_t synced_up_ = 0;  // bytes already added to the Prometheus counters (primary)
     uint64_t synced_down_ = 0;
-    std::unordered_map<std::string, uint64_t> fired_;  // per rule name
     std::function<void()> on_idle_;
 };
 

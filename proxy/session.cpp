@@ -233,7 +233,6 @@ void Session::on_connected() {
     connected_ = true;
     stop_timer();
     uv_tcp_nodelay(outgoing_->tcp(), 1);
-    server_.count_connected();
     // Rules without `when` act "at accept": once both sockets exist, before any byte moves.
     start_rules();
     if (ending()) return;

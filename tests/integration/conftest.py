@@ -7,6 +7,7 @@ Environment: TCPFAULT_BIN (the binary; default <repo>/build/tcpfault) and TCPFAU
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,6 +77,11 @@ class ProxyFactory:
             name = f"tcpfault{self._n}.yaml"
         path = self.tmp_path / name
         tmp = path.with_suffix(".tmp")
+        workers = os.environ.get("TCPFAULT_TEST_WORKERS")
+        if workers and "\nproxies:" in text and not re.search(r"(?m)^workers:", text):
+            # Runs a suite with every config on N event loops (appended, so the line and
+            # column numbers that config-error tests expect stay put).
+            text = text.rstrip("\n") + f"\nworkers: {workers}\n"
         tmp.write_text(text)
         os.replace(tmp, path)  # atomic: a reload never sees half a file
         return path
@@ -119,7 +125,8 @@ class ProxyFactory:
             raise AssertionError("\n".join(problems))
 
 
-_SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+_SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                      "WARNING: ThreadSanitizer")
 
 
 def _stop_cleanly(p: ProxyProcess) -> list:

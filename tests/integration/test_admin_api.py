@@ -17,7 +17,8 @@ from helpers import connect, read_outcome, recv_exact
 
 RULE_KEYS = {"name", "fault", "enabled", "active", "fired"}
 PROXY_KEYS = {"name", "listen", "upstream", "protocol", "active_connections", "rules"}
-CONN_KEYS = {"id", "client", "age_seconds", "bytes_upstream", "bytes_downstream", "rules"}
+CONN_KEYS = {"id", "client", "age_seconds", "bytes_upstream", "bytes_downstream", "worker",
+             "rules"}
 
 
 def is_error(r, status: int, contains: str = "") -> None:
