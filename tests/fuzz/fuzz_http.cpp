@@ -3,13 +3,14 @@
 // hooks that have no proxies (no sockets, no event loop).
 // Invariants beyond "no crash / no sanitizer report":
 //  - the requests and the final error do not depend on how the bytes were split;
-//  - an error is final and has a status in {400, 413, 431, 501, 505};
+//  - an error is final and has a status in {400, 413, 431, 501, 505} and a UTF-8 reason;
 //  - a request never carries more body than max_body_bytes;
-//  - every AdminApi response has a status in 200..599 and, when JSON, a well-formed JSON body
-//    (structure checked always; UTF-8 validity too when FUZZ_HTTP_STRICT_UTF8=1 is set — the
-//    API echoes raw request bytes into error messages, see RELIABILITY.md).
+//  - every AdminApi response has a status in 200..599 and a body that is well-formed UTF-8
+//    (RFC 3629: no overlong forms, surrogates or code points above U+10FFFF), whatever bytes
+//    the request carried (error messages quote the request's path and body);
+//  - a JSON response's body is well-formed JSON.
+#include <cctype>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,8 +25,6 @@
 using namespace tcpfault;
 
 namespace {
-
-bool g_strict_utf8 = false;
 
 // --- a small JSON checker (RFC 8259 grammar; depth-bounded) --------------------------------
 struct Json {
@@ -140,14 +139,36 @@ bool valid_json(std::string_view s) {
     return j.value(0) && j.i == s.size();
 }
 
+// RFC 3629 (Table 3-7 of the Unicode standard): the second byte's range depends on the first.
 bool valid_utf8(std::string_view s) {
     size_t i = 0;
     while (i < s.size()) {
         auto c = static_cast<unsigned char>(s[i]);
-        size_t n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : 9;
-        if (n == 9 || (n == 1 && c < 0xc2) || i + n >= s.size()) return false;
-        for (size_t k = 1; k <= n; ++k)
-            if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
+        if (c < 0x80) {
+            ++i;
+            continue;
+        }
+        size_t n = 0;
+        unsigned char lo = 0x80;
+        unsigned char hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) {
+            n = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            n = 2;
+            if (c == 0xE0) lo = 0xA0;  // overlong
+            if (c == 0xED) hi = 0x9F;  // UTF-16 surrogates
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 3;
+            if (c == 0xF0) lo = 0x90;  // overlong
+            if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+        } else {
+            return false;  // continuation byte, C0/C1 (overlong) or F5..FF
+        }
+        if (s.size() - i <= n) return false;
+        auto b1 = static_cast<unsigned char>(s[i + 1]);
+        if (b1 < lo || b1 > hi) return false;
+        for (size_t k = 2; k <= n; ++k)
+            if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
         i += n + 1;
     }
     return true;
@@ -179,6 +200,7 @@ Seen parse(std::string_view bytes, const std::vector<size_t>& cuts,
                 int e = p.error_status();
                 FUZZ_CHECK(e == 400 || e == 413 || e == 431 || e == 501 || e == 505);
                 FUZZ_CHECK(!p.error_reason().empty());
+                FUZZ_CHECK(valid_utf8(p.error_reason()));  // it becomes an error body
                 HttpRequest again;
                 FUZZ_CHECK(p.next(again) == HttpRequestParser::Status::error);  // final
                 seen.error = e;
@@ -206,8 +228,6 @@ Metrics& metrics() {
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
     // AdminApi logs every successful state change; keep the fuzzer's output to its stats.
     log::configure(config::LogLevel::error, config::LogFormat::json);
-    const char* strict = std::getenv("FUZZ_HTTP_STRICT_UTF8");
-    g_strict_utf8 = strict != nullptr && std::string_view(strict) == "1";
     return 0;
 }
 
@@ -242,10 +262,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (const HttpRequest& req : whole.requests) {
         HttpResponse r = api.handle(req);
         FUZZ_CHECK(r.status >= 200 && r.status <= 599);
-        if (r.content_type == "application/json") {
-            FUZZ_CHECK(valid_json(r.body));
-            if (g_strict_utf8) FUZZ_CHECK(valid_utf8(r.body));
-        }
+        FUZZ_CHECK(valid_utf8(r.body));
+        if (r.content_type == "application/json") FUZZ_CHECK(valid_json(r.body));
     }
     return 0;
 }
