@@ -101,6 +101,12 @@ summary() {  # harness rc
     rss="$(grep -a 'stat::peak_rss_mb' "$log" | tail -1 | awk '{print $2}')"
     runs_line="$(grep -a '^Done [0-9]* runs' "$log" | tail -1)"
     cov="$(grep -aE '^#[0-9]+' "$log" | tail -1 | grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9a-zA-Z]+' || true)"
+    # No final stats (killed by the outer timeout): the last "#N ..." status line still says
+    # how many inputs ran.
+    if [ -z "$execs" ]; then
+        execs="$(grep -aoE '^#[0-9]+' "$log" | tail -1 | tr -d '#')"
+        [ -n "$execs" ] && execs="$execs+"
+    fi
     local verdict=OK
     local found
     found="$(ls "$artifacts/$t-"* 2>/dev/null | head -5 || true)"
