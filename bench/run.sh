@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# tcpfault benchmark: tcpfault vs no proxy vs socat vs haproxy, on 127.0.0.1.
+# tcpfault benchmark: tcpfault (plain, with idle rules, with a 0 ms latency rule,
+# with workers: 2) vs no proxy vs socat vs haproxy, on 127.0.0.1.
 #
-#   bench/run.sh                 full run (3 rounds, well under 10 minutes)
-#   QUICK=1 bench/run.sh         quick run (~2-3 minutes)
+#   bench/run.sh                 full run (3 rounds, about 10 minutes)
+#   QUICK=1 bench/run.sh         quick run (~2 minutes)
 #
 # See bench/README.md for what is measured and the caveats. Exit status: 0 ok,
 # 1 setup failure (missing tool, build, startup), 2 usage, 3 a measurement
 # failed, a short connection failed or a proxy died (the table is still printed).
 # Knobs (env vars):
-#   QUICK=1          shorter runs: iperf3 -t 3, short connections 2 s, 5000 round trips, 0.2 s pauses
+#   QUICK=1          shorter runs: 2 rounds, iperf3 -t 1, short connections 1 s, 3000 round
+#                    trips, 0.1 s pauses, 2000 idle connections
 #   ROUNDS=N         alternating rounds (default 3); medians are reported
-#   CONFIGS="..."    which configurations, default "direct tcpfault socat haproxy"
+#   CONFIGS="..."    which configurations, default
+#                    "direct tcpfault tcpfault+20rules tcpfault+lat0 tcpfault-w2 socat haproxy";
+#                    tcpfault+<N>rules, tcpfault-w<N> and tcpfault-wauto work for any N
 #   TCPFAULT_BIN=... use this binary instead of building build-bench/tcpfault
 #   BUILD_DIR=...    where tcpfault (Release) and the C tools are built (default build-bench)
 #   IPERF_T=S SC_D=S PP_N=N   iperf3 seconds, short-connection seconds, ping-pong round trips
@@ -20,14 +24,16 @@
 #   SC_CLOSE=server|client|rst   who closes a short connection first (default server; README)
 #   INSTALL=1        apt-get install missing iperf3/socat/haproxy instead of stopping
 #   RESULTS_DIR=...  where raw results, logs and table.md go (default: a new /tmp dir)
-#   MAX_SECONDS=N    hard time limit for the measuring part (default 900, QUICK 360)
+#   MAX_SECONDS=N    hard time limit for the measuring part (default 1200, QUICK 360)
+#   RSS_N=N          idle connections held open for the memory-per-connection row
+#                    (default 10000, QUICK 2000; lowered to fit the fd hard limit, see README)
+#   RSS_DEADLINE=S   seconds allowed to open them (default 60); RSS=0 skips that phase
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 QUICK=${QUICK:-0}
-ROUNDS=${ROUNDS:-3}
-CONFIGS=${CONFIGS:-direct tcpfault socat haproxy}
+CONFIGS=${CONFIGS:-direct tcpfault tcpfault+20rules tcpfault+lat0 tcpfault-w2 socat haproxy}
 BUILD_DIR=${BUILD_DIR:-$ROOT/build-bench}
 TCPFAULT_BIN=${TCPFAULT_BIN:-}
 TCPFAULT_BUILT=0
@@ -41,22 +47,47 @@ case $SC_CLOSE in
 esac
 INSTALL=${INSTALL:-0}
 if [[ $QUICK == 1 ]]; then
-    IPERF_T=${IPERF_T:-3} SC_D=${SC_D:-2} PP_N=${PP_N:-5000} SETTLE=${SETTLE:-0.2} MAX_SECONDS=${MAX_SECONDS:-360}
+    ROUNDS=${ROUNDS:-2} IPERF_T=${IPERF_T:-1} SC_D=${SC_D:-1} PP_N=${PP_N:-3000} SETTLE=${SETTLE:-0.1}
+    MAX_SECONDS=${MAX_SECONDS:-360} RSS_N=${RSS_N:-2000}
 else
-    IPERF_T=${IPERF_T:-5} SC_D=${SC_D:-3} PP_N=${PP_N:-20000} SETTLE=${SETTLE:-0.5} MAX_SECONDS=${MAX_SECONDS:-900}
+    ROUNDS=${ROUNDS:-3} IPERF_T=${IPERF_T:-5} SC_D=${SC_D:-3} PP_N=${PP_N:-20000} SETTLE=${SETTLE:-0.5}
+    MAX_SECONDS=${MAX_SECONDS:-1200} RSS_N=${RSS_N:-10000}
 fi
+RSS=${RSS:-1}
+RSS_DEADLINE=${RSS_DEADLINE:-60}
 PROXIES=()
 for c in $CONFIGS; do
     case $c in
         direct) ;;
-        tcpfault | socat | haproxy) PROXIES+=("$c") ;;
-        *) echo "run.sh: unknown configuration '$c' in CONFIGS (known: direct tcpfault socat haproxy)" >&2; exit 2 ;;
+        tcpfault | socat | haproxy | tcpfault+lat0) PROXIES+=("$c") ;;
+        *)
+            if [[ $c =~ ^tcpfault\+[1-9][0-9]*rules$ || $c =~ ^tcpfault-w([1-9][0-9]*|auto)$ ]]; then
+                PROXIES+=("$c")
+            else
+                echo "run.sh: unknown configuration '$c' in CONFIGS (known: direct tcpfault" \
+                    "tcpfault+<N>rules tcpfault+lat0 tcpfault-w<N> tcpfault-wauto socat haproxy)" >&2
+                exit 2
+            fi
+            ;;
     esac
 done
+[[ $RSS_N =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: RSS_N must be a positive integer" >&2; exit 2; }
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 has_config() { [[ " $CONFIGS " == *" $1 "* ]]; }
+# kind_of CFG: the program behind a configuration (tcpfault+20rules -> tcpfault).
+kind_of() {
+    case $1 in
+        tcpfault*) echo tcpfault ;;
+        *) echo "$1" ;;
+    esac
+}
+has_kind() {
+    local c
+    for c in $CONFIGS; do [[ $(kind_of "$c") == "$1" ]] && return 0; done
+    return 1
+}
 
 # ---------------------------------------------------------------- processes
 # Every long-running process is started with setsid, so it leads its own
@@ -75,7 +106,7 @@ cleanup() {
     done
     local deadline=$((SECONDS + 5))
     for pid in "${PIDS[@]}"; do
-        while kill -0 -- "-$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+        while group_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
         kill -KILL -- "-$pid" 2>/dev/null || true
     done
     wait 2>/dev/null || true
@@ -86,6 +117,25 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
+
+# group_alive PGID: some process of that group is still running (zombies, e.g.
+# socat children orphaned by the kill and not yet reaped, do not count).
+group_alive() {
+    ps -e -o pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {found = 1} END {exit !found}'
+}
+
+# stop_group PID: stop one process group started by start_bg (TERM, then KILL
+# after 5 s) and forget it, so cleanup never signals a recycled process group id.
+stop_group() {
+    local pid=$1 q deadline=$((SECONDS + 5))
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    while group_alive "$pid" && ((SECONDS < deadline)); do sleep 0.05; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local keep=()
+    for q in "${PIDS[@]}"; do [[ $q == "$pid" ]] || keep+=("$q"); done
+    PIDS=("${keep[@]}")
+}
 
 # start_bg NAME CMD...: run CMD in the background in its own session, output to
 # $LOGS/NAME.log; sets BG_PID.
@@ -107,35 +157,38 @@ start_bg() {
 }
 
 # wait_listen NAME PID PORT: wait until something listens on 127.0.0.1:PORT.
+# Returns 1 (after logging why) if it does not within 10 s or PID exits.
 wait_listen() {
     local name=$1 pid=$2 port=$3 i
     for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$LOGS/$name.log" >&2; die "$name exited during startup (log: $LOGS/$name.log)"; }
+        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$LOGS/$name.log" >&2; log "ERROR: $name exited during startup (log: $LOGS/$name.log)"; return 1; }
         if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then return 0; fi
         sleep 0.05
     done
     tail -n 20 "$LOGS/$name.log" >&2
-    die "$name is not listening on 127.0.0.1:$port after 10 s"
+    log "ERROR: $name is not listening on 127.0.0.1:$port after 10 s"
+    return 1
 }
 
 # wait_tcpfault NAME PID PORT: wait for tcpfault's JSON "listening" log line.
 wait_tcpfault() {
     local name=$1 pid=$2 port=$3 i
     for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$LOGS/$name.log" >&2; die "tcpfault ($name) exited during startup (log: $LOGS/$name.log)"; }
+        kill -0 "$pid" 2>/dev/null || { tail -n 20 "$LOGS/$name.log" >&2; log "ERROR: tcpfault ($name) exited during startup (log: $LOGS/$name.log)"; return 1; }
         if grep '"msg":"listening"' "$LOGS/$name.log" 2>/dev/null | grep -q "\"127.0.0.1:$port\""; then return 0; fi
         sleep 0.05
     done
     tail -n 20 "$LOGS/$name.log" >&2
-    die "tcpfault ($name) did not log \"listening\" on 127.0.0.1:$port after 10 s"
+    log "ERROR: tcpfault ($name) did not log \"listening\" on 127.0.0.1:$port after 10 s"
+    return 1
 }
 
 # ---------------------------------------------------------------- tools
-need=(cc python3 taskset ss setsid timeout ps)
+need=(cc python3 taskset ss setsid timeout ps awk)
 has_config socat && need+=(socat)
 has_config haproxy && need+=(haproxy)
 need+=(iperf3)
-if has_config tcpfault && [[ -z $TCPFAULT_BIN ]]; then need+=(cmake ninja); fi
+if has_kind tcpfault && [[ -z $TCPFAULT_BIN ]]; then need+=(cmake ninja); fi
 missing=()
 for t in "${need[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
 if ((${#missing[@]})); then
@@ -148,6 +201,7 @@ if ((${#missing[@]})); then
             ss) pkgs+=(iproute2) ;;
             taskset | setsid) pkgs+=(util-linux) ;;
             ps) pkgs+=(procps) ;;
+            awk) pkgs+=(mawk) ;;
             *) pkgs+=("$t") ;;
         esac
     done
@@ -167,11 +221,15 @@ RESULTS_DIR=${RESULTS_DIR:-$(mktemp -d /tmp/tcpfault-bench.XXXXXX)}
 mkdir -p "$RESULTS_DIR"
 LOGS=$RESULTS_DIR/logs
 mkdir -p "$LOGS"
+CFG_DIR=$RESULTS_DIR/configs
+mkdir -p "$CFG_DIR"
 TMP=$(mktemp -d /tmp/tcpfault-bench-cfg.XXXXXX)
 : >"$RESULTS_DIR/raw.tsv"
 : >"$RESULTS_DIR/rss.tsv"
+: >"$RESULTS_DIR/idle.tsv"
+: >"$RESULTS_DIR/info.md"
 
-if has_config tcpfault && [[ -z $TCPFAULT_BIN ]]; then
+if has_kind tcpfault && [[ -z $TCPFAULT_BIN ]]; then
     log "building tcpfault (Release) in $BUILD_DIR"
     if ! { cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release &&
         ninja -C "$BUILD_DIR" tcpfault; } >"$LOGS/build.log" 2>&1; then
@@ -181,19 +239,41 @@ if has_config tcpfault && [[ -z $TCPFAULT_BIN ]]; then
     TCPFAULT_BIN=$BUILD_DIR/tcpfault
     TCPFAULT_BUILT=1
 fi
-if has_config tcpfault; then
+if has_kind tcpfault; then
     [[ -x $TCPFAULT_BIN ]] || die "no tcpfault binary at $TCPFAULT_BIN"
 fi
 mkdir -p "$BUILD_DIR/bench"
-for tool in shortconn echo_server; do
+for tool in shortconn echo_server idleconn; do
     cc -O2 -Wall -Wextra -pthread -o "$BUILD_DIR/bench/$tool" "$HERE/$tool.c" ||
         die "cannot compile bench/$tool.c"
 done
 SHORTCONN=$BUILD_DIR/bench/shortconn
+IDLECONN=$BUILD_DIR/bench/idleconn
+PROCTOOL=(python3 "$HERE/proctool.py")
+
+# File descriptors: the idle-connection phase holds RSS_N connections, and a
+# proxy holds 2 sockets for each (client side + upstream side). Raise the soft
+# limit (inherited by everything started below) as far as needed and allowed;
+# without CAP_SYS_RESOURCE the hard limit is the ceiling.
+fd_hard=$(ulimit -Hn)
+[[ $fd_hard == unlimited ]] && fd_hard=$(cat /proc/sys/fs/nr_open)
+fd_want=$((2 * RSS_N + 1024))
+((fd_want < fd_hard)) || fd_want=$fd_hard
+if (($(ulimit -n) < fd_want)); then
+    ulimit -n "$fd_want" 2>/dev/null || log "cannot raise ulimit -n to $fd_want; it stays $(ulimit -n)"
+fi
+FD_LIMIT=$(ulimit -n)
+# 100 descriptors of slack for the proxy's own (listeners, epoll, pipes, logs).
+RSS_N_MAX=$(((FD_LIMIT - 100) / 2))
+RSS_N_USED=$RSS_N
+if ((RSS_N_USED > RSS_N_MAX)); then
+    RSS_N_USED=$RSS_N_MAX
+    log "idle connections: RSS_N=$RSS_N asked, $RSS_N_USED used: ulimit -n is $FD_LIMIT (hard limit $(ulimit -Hn)) and a proxy holds 2 fds per connection"
+fi
 
 # ---------------------------------------------------------------- start everything
 ALL_CPUS=$(taskset -cp $$ | sed 's/.*: *//')
-nports=$((2 + 2 * ${#PROXIES[@]}))
+nports=$((2 + 4 * ${#PROXIES[@]}))
 # Free ports below the ephemeral range, so the connection-heavy tests' own
 # client ports never collide with a listener.
 read -r -a ports <<<"$(python3 - "$nports" <<'EOF'
@@ -224,55 +304,119 @@ i=2
 for p in "${PROXIES[@]}"; do
     PORT[$p,iperf]=${ports[$i]}
     PORT[$p,echo]=${ports[$((i + 1))]}
-    i=$((i + 2))
+    # A dedicated proxy instance and idle upstream for the memory-per-connection phase.
+    PORT[$p,idle]=${ports[$((i + 2))]}
+    PORT[$p,idleup]=${ports[$((i + 3))]}
+    i=$((i + 4))
 done
 
-start_bg iperf3-server iperf3 -s -B 127.0.0.1 -p "${PORT[direct,iperf]}"
-PID_OF[direct,iperf]=$BG_PID
-start_bg echo-server "$BUILD_DIR/bench/echo_server" 127.0.0.1 "${PORT[direct,echo]}" "$ECHO_THREADS"
-PID_OF[direct,echo]=$BG_PID
-wait_listen iperf3-server "${PID_OF[direct,iperf]}" "${PORT[direct,iperf]}"
-wait_listen echo-server "${PID_OF[direct,echo]}" "${PORT[direct,echo]}"
+# tcpfault_yaml CFG LISTEN_PORT UPSTREAM_PORT: the configuration file of a
+# tcpfault variant. The proxy part is what `-l/-u` builds internally.
+tcpfault_yaml() {
+    local cfg=$1 lp=$2 up=$3 i n nclients ndata dir
+    if [[ $cfg =~ ^tcpfault-w([0-9]+|auto)$ ]]; then echo "workers: ${BASH_REMATCH[1]}"; fi
+    cat <<EOF
+proxies:
+  - name: main
+    listen: '127.0.0.1:$lp'
+    upstream: '127.0.0.1:$up'
+EOF
+    if [[ $cfg =~ ^tcpfault\+([0-9]+)rules$ ]]; then
+        # Rules that are evaluated but never fire. Four in five wait for a marker
+        # that is never sent (the matcher scans every byte of that stream;
+        # alternately client->server and server->client); one in five is limited
+        # to client networks that do not include 127.0.0.1 (checked at accept).
+        n=${BASH_REMATCH[1]}
+        nclients=$((n / 5))
+        ndata=$((n - nclients))
+        local cidrs=('[10.0.0.0/8]' '[192.168.0.0/16, 172.16.0.0/12]' '["::1/128"]' '[100.64.0.0/10, "fd00::/8"]')
+        echo "    rules:"
+        for ((i = 1; i <= ndata; i++)); do
+            dir=upstream
+            ((i % 2 == 0)) && dir=downstream
+            printf '      - name: never-sent-%d\n        when: {direction: %s, data: "never-sent-marker-%d"}\n        fault: {type: reset, to: client}\n' "$i" "$dir" "$i"
+        done
+        for ((i = 1; i <= nclients; i++)); do
+            printf '      - name: other-clients-%d\n        match: {clients: %s}\n        when: {data: "never-sent-marker-c%d"}\n        fault: {type: reset}\n' \
+                "$i" "${cidrs[$(((i - 1) % ${#cidrs[@]}))]}" "$i"
+        done
+    elif [[ $cfg == tcpfault+lat0 ]]; then
+        # Both directions, so the bulk (client->server) data goes through it too.
+        cat <<EOF
+    rules:
+      - name: latency-zero
+        fault: {type: latency, delay: 0ms, direction: both}
+EOF
+    fi
+}
 
-for p in "${PROXIES[@]}"; do
-    for t in iperf echo; do
-        lp=${PORT[$p,$t]}
-        up=${PORT[direct,$t]}
-        name=$p-$t
-        case $p in
-            tcpfault)
-                start_bg "$name" "$TCPFAULT_BIN" -l "127.0.0.1:$lp" -u "127.0.0.1:$up" --admin off --log-format json
-                PID_OF[$p,$t]=$BG_PID
-                wait_tcpfault "$name" "$BG_PID" "$lp"
-                ;;
-            socat)
-                # backlog=4096: socat's default listen backlog is 5, which drops
-                # SYNs under the 8-client short-connection test.
-                start_bg "$name" socat "TCP-LISTEN:$lp,bind=127.0.0.1,fork,reuseaddr,backlog=4096" "TCP:127.0.0.1:$up"
-                PID_OF[$p,$t]=$BG_PID
-                wait_listen "$name" "$BG_PID" "$lp"
-                ;;
-            haproxy)
-                # haproxy defaults otherwise: nbthread = one thread per usable CPU.
-                cat >"$TMP/$name.cfg" <<EOF
+# start_proxy CFG NAME LISTEN_PORT UPSTREAM_PORT MAXCONN: start one proxy
+# instance and wait until it listens; sets BG_PID. Returns 1 on failure.
+# MAXCONN only matters to haproxy.
+start_proxy() {
+    local cfg=$1 name=$2 lp=$3 up=$4 maxconn=$5
+    case $cfg in
+        tcpfault)
+            start_bg "$name" "$TCPFAULT_BIN" -l "127.0.0.1:$lp" -u "127.0.0.1:$up" --admin off --log-format json
+            wait_tcpfault "$name" "$BG_PID" "$lp"
+            ;;
+        tcpfault*)
+            tcpfault_yaml "$cfg" "$lp" "$up" >"$CFG_DIR/$name.yaml"
+            if ! "$TCPFAULT_BIN" --check -c "$CFG_DIR/$name.yaml" >"$LOGS/$name.check.log" 2>&1; then
+                cat "$LOGS/$name.check.log" >&2
+                log "ERROR: tcpfault rejects $CFG_DIR/$name.yaml"
+                return 1
+            fi
+            start_bg "$name" "$TCPFAULT_BIN" -c "$CFG_DIR/$name.yaml" --admin off --log-format json
+            wait_tcpfault "$name" "$BG_PID" "$lp"
+            ;;
+        socat)
+            # backlog=4096: socat's default listen backlog is 5, which drops
+            # SYNs under the 8-client short-connection test.
+            start_bg "$name" socat "TCP-LISTEN:$lp,bind=127.0.0.1,fork,reuseaddr,backlog=4096" "TCP:127.0.0.1:$up"
+            wait_listen "$name" "$BG_PID" "$lp"
+            ;;
+        haproxy)
+            # haproxy defaults otherwise: no nbthread, so one thread per usable CPU.
+            cat >"$CFG_DIR/$name.cfg" <<EOF
 global
-    maxconn 8000
+    maxconn $maxconn
 defaults
     mode tcp
     timeout connect 5s
     timeout client 60s
     timeout server 60s
-    maxconn 8000
+    maxconn $maxconn
 listen bench
     bind 127.0.0.1:$lp
     server upstream 127.0.0.1:$up
 EOF
-                haproxy -c -q -f "$TMP/$name.cfg" || die "haproxy rejects $TMP/$name.cfg"
-                start_bg "$name" haproxy -db -f "$TMP/$name.cfg"
-                PID_OF[$p,$t]=$BG_PID
-                wait_listen "$name" "$BG_PID" "$lp"
-                ;;
-        esac
+            if ! haproxy -c -q -f "$CFG_DIR/$name.cfg" >"$LOGS/$name.check.log" 2>&1; then
+                cat "$LOGS/$name.check.log" >&2
+                log "ERROR: haproxy rejects $CFG_DIR/$name.cfg"
+                return 1
+            fi
+            start_bg "$name" haproxy -db -f "$CFG_DIR/$name.cfg"
+            wait_listen "$name" "$BG_PID" "$lp"
+            ;;
+        *)
+            log "ERROR: no way to start $cfg"
+            return 1
+            ;;
+    esac
+}
+
+start_bg iperf3-server iperf3 -s -B 127.0.0.1 -p "${PORT[direct,iperf]}"
+PID_OF[direct,iperf]=$BG_PID
+start_bg echo-server "$BUILD_DIR/bench/echo_server" 127.0.0.1 "${PORT[direct,echo]}" "$ECHO_THREADS"
+PID_OF[direct,echo]=$BG_PID
+wait_listen iperf3-server "${PID_OF[direct,iperf]}" "${PORT[direct,iperf]}" || die "iperf3 -s did not start"
+wait_listen echo-server "${PID_OF[direct,echo]}" "${PORT[direct,echo]}" || die "echo_server did not start"
+
+for p in "${PROXIES[@]}"; do
+    for t in iperf echo; do
+        start_proxy "$p" "$p-$t" "${PORT[$p,$t]}" "${PORT[direct,$t]}" 8000 || die "cannot start $p ($t)"
+        PID_OF[$p,$t]=$BG_PID
     done
 done
 log "listening: $(for k in "${!PORT[@]}"; do printf '%s=%s ' "$k" "${PORT[$k]}"; done)"
@@ -287,27 +431,61 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS_DIR/raw.tsv
 # alive CFG TARGET: the process behind this configuration is still running.
 alive() { kill -0 "${PID_OF[$1,$2]:-${PID_OF[direct,$2]}}" 2>/dev/null; }
 
-# iperf_run ROUND CFG STREAMS MEASURE
+# cpu_of PID: CPU seconds of PID and its descendants (threads included; see proctool.py).
+cpu_of() { "${PROCTOOL[@]}" cpu "$1" 2>/dev/null || echo NA; }
+
+# settle_tree PID: wait (at most 3 s) until PID has no child processes left, so
+# that the CPU time of socat's per-connection children has been handed to the
+# parent (cutime/cstime) before it is read.
+settle_tree() {
+    local i
+    for ((i = 0; i < 60; i++)); do
+        [[ $("${PROCTOOL[@]}" nprocs "$1" 2>/dev/null) == 1 ]] && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# iperf_run ROUND CFG STREAMS MEASURE: throughput, and for a proxy the CPU
+# seconds it used per GB (10^9 bytes) the iperf3 server received.
 iperf_run() {
-    local r=$1 cfg=$2 streams=$3 m=$4 out bps
+    local r=$1 cfg=$2 streams=$3 m=$4 out bps bytes pid="" cpu0=NA cpu1=NA cpg=NA
     local port=${PORT[$cfg,iperf]}
+    if [[ $cfg != direct ]]; then
+        pid=${PID_OF[$cfg,iperf]}
+        settle_tree "$pid" || true
+        cpu0=$(cpu_of "$pid")
+    fi
     out=$(timeout --foreground -k 3 $((IPERF_T + 20)) iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_T" -P "$streams" -J 2>>"$LOGS/clients.log") || true
-    bps=$(python3 -c '
+    read -r bps bytes < <(python3 -c '
 import json, sys
 try:
     d = json.loads(sys.stdin.read())
-    print(d["end"]["sum_received"]["bits_per_second"])
+    s = d["end"]["sum_received"]
+    print(s["bits_per_second"], s["bytes"])
 except Exception:
-    print("NA")' <<<"$out")
+    print("NA NA")' <<<"$out")
+    if [[ -n $pid ]]; then
+        settle_tree "$pid" || log "  $cfg (iperf) still has child processes 3 s after the run"
+        cpu1=$(cpu_of "$pid")
+        cpg=$(python3 -c '
+import sys
+c0, c1, b = sys.argv[1:]
+try:
+    print(f"{(float(c1) - float(c0)) / (float(b) / 1e9):.4f}" if float(b) > 0 else "NA")
+except ValueError:
+    print("NA")' "$cpu0" "$cpu1" "$bytes")
+    fi
     if [[ $bps == NA ]]; then
         log "  $m $cfg: iperf3 failed: $(python3 -c 'import json,sys
 try: print(json.loads(sys.stdin.read()).get("error","?"))
 except Exception: print("no JSON output")' <<<"$out")"
         alive "$cfg" iperf || log "  $cfg (iperf) process is gone: see $LOGS/$cfg-iperf.log"
     else
-        log "  $m $cfg: $(python3 -c "print(f'{$bps/1e9:.2f}')") Gbit/s"
+        log "  $m $cfg: $(python3 -c "print(f'{$bps/1e9:.2f}')") Gbit/s$([[ -n $pid ]] && echo ", proxy CPU $cpg s/GB")"
     fi
     record "$r" "$cfg" "$m" "$bps"
+    if [[ -n $pid ]]; then record "$r" "$cfg" "cpu$streams" "$cpg"; fi
 }
 
 # Serial tests (one request in flight: 1-client short connections, ping-pong)
@@ -371,7 +549,7 @@ pp_run() {
 
 read -r -a cfgs <<<"$CONFIGS"
 ncfg=${#cfgs[@]}
-log "results: $RESULTS_DIR; $ROUNDS rounds over: ${cfgs[*]} (iperf3 -t $IPERF_T, short conns ${SC_D}s, $PP_N round trips)"
+log "results: $RESULTS_DIR; $ROUNDS rounds over: ${cfgs[*]} (iperf3 -t $IPERF_T, short conns ${SC_D}s, $PP_N round trips, $RSS_N_USED idle connections)"
 t_start=$SECONDS
 for ((r = 1; r <= ROUNDS; r++)); do
     # Rotate the starting configuration each round so that no configuration
@@ -394,6 +572,85 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 log "measured in $((SECONDS - t_start)) s"
 
+# ---------------------------------------------------------------- idle connections
+# For each proxy: a fresh instance in front of its own idle echo server. Warm
+# it up with a few connections, read its memory, open RSS_N_USED connections
+# (each does one 1-byte round trip, then stays idle), read its memory again,
+# and report (after - before) / connections. Everything of this phase is
+# stopped before the next proxy's turn.
+idle_record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS_DIR/idle.tsv"; }
+idle_run() {
+    local cfg=$1 n=$RSS_N_USED
+    local lp=${PORT[$cfg,idle]} up=${PORT[$cfg,idleup]} up_pid px ic line ok=0 failed=NA
+    local warm=$((n < 100 ? n : 100)) nb rb pb na=NA ra pa per=NA basis=NA deadline
+    log "idle connections through $cfg: $n"
+    start_bg "idle-upstream-$cfg" "$BUILD_DIR/bench/echo_server" 127.0.0.1 "$up" 1
+    up_pid=$BG_PID
+    if ! wait_listen "idle-upstream-$cfg" "$up_pid" "$up"; then
+        stop_group "$up_pid"
+        record 1 "$cfg" rss_idle NA
+        idle_record "$cfg" "$n" 0 NA NA NA NA NA NA NA NA
+        return
+    fi
+    if ! start_proxy "$cfg" "$cfg-idle" "$lp" "$up" $((n + 10)); then
+        stop_group "$BG_PID"
+        stop_group "$up_pid"
+        record 1 "$cfg" rss_idle NA
+        idle_record "$cfg" "$n" 0 NA NA NA NA NA NA NA NA
+        return
+    fi
+    px=$BG_PID
+    # Warm-up: first-use allocations (thread pools, buffer pools) are not per connection.
+    timeout -k 3 40 "$IDLECONN" 127.0.0.1 "$lp" "$warm" 30 0 >>"$LOGS/idle-$cfg-warmup.log" 2>&1 || true
+    settle_tree "$px" || true
+    sleep 0.3
+    read -r nb rb pb <<<"$("${PROCTOOL[@]}" mem "$px" 2>/dev/null || echo NA NA NA)"
+    start_bg "idleconn-$cfg" "$IDLECONN" 127.0.0.1 "$lp" "$n" "$RSS_DEADLINE" $((RSS_DEADLINE + 60))
+    ic=$BG_PID
+    deadline=$((SECONDS + RSS_DEADLINE + 10))
+    while ! grep -q '^ready' "$LOGS/idleconn-$cfg.log" 2>/dev/null && kill -0 "$ic" 2>/dev/null && ((SECONDS < deadline)); do
+        sleep 0.1
+    done
+    line=$(grep -m1 '^ready' "$LOGS/idleconn-$cfg.log" 2>/dev/null || true)
+    if [[ -n $line ]]; then
+        ok=$(sed -n 's/.*ok=\([0-9]*\).*/\1/p' <<<"$line")
+        failed=$(sed -n 's/.*failed=\([0-9]*\).*/\1/p' <<<"$line")
+        sleep 0.5 # let the proxy finish whatever the last round trips started
+        read -r na ra pa <<<"$("${PROCTOOL[@]}" mem "$px" 2>/dev/null || echo NA NA NA)"
+        if [[ $na == NA || $nb == NA ]]; then
+            log "  $cfg: the proxy process is gone (see $LOGS/$cfg-idle.log)"
+        elif ((ok > 0)); then
+            # One process: its VmRSS. A tree of processes (socat): summed Pss.
+            if ((na == 1)); then
+                basis=rss
+                per=$(((ra - rb) * 1024 / ok))
+            else
+                basis=pss
+                per=$(((pa - pb) * 1024 / ok))
+            fi
+        fi
+        log "  $cfg: $ok connections held (failed: $failed) in $(sed -n 's/.*elapsed_s=\([0-9.]*\).*/\1/p' <<<"$line") s;" \
+            "processes ${nb:-?} -> ${na:-?}, VmRSS ${rb:-?} -> ${ra:-?} KiB, Pss ${pb:-?} -> ${pa:-?} KiB: $per bytes per connection ($basis)"
+        if [[ $failed != 0 ]]; then
+            log "  $cfg: $failed idle connection(s) failed: $(grep -v '^ready' "$LOGS/idleconn-$cfg.log" | tail -n 3 | tr '\n' ' ')"
+            per=NA
+        fi
+    else
+        log "  $cfg: idleconn did not report within $((RSS_DEADLINE + 10)) s (log: $LOGS/idleconn-$cfg.log)"
+    fi
+    record 1 "$cfg" rss_idle "$per"
+    idle_record "$cfg" "$n" "$ok" "$failed" "${na:-NA}" "${rb:-NA}" "${ra:-NA}" "${pb:-NA}" "${pa:-NA}" "$basis" "$per"
+    stop_group "$ic"
+    stop_group "$px"
+    stop_group "$up_pid"
+}
+
+if [[ $RSS == 1 ]]; then
+    t_idle=$SECONDS
+    for p in "${PROXIES[@]}"; do idle_run "$p"; done
+    log "idle-connection phase took $((SECONDS - t_idle)) s"
+fi
+
 # ---------------------------------------------------------------- RSS + report
 for p in "${PROXIES[@]}"; do
     for t in iperf echo; do
@@ -409,11 +666,53 @@ for p in "${PROXIES[@]}"; do
     done
 done
 
+# describe_configs: one line per configuration on how it ran (thread counts and
+# listening sockets read from the running main instances).
+describe_configs() {
+    local p pid lp threads socks said
+    for p in "${PROXIES[@]}"; do
+        pid=${PID_OF[$p,iperf]}
+        lp=${PORT[$p,iperf]}
+        threads=$("${PROCTOOL[@]}" threads "$pid" 2>/dev/null || echo '?')
+        socks=$( (ss -Hltn "sport = :$lp" 2>/dev/null || true) | wc -l)
+        case $p in
+            tcpfault)
+                echo "- tcpfault: \`tcpfault -l 127.0.0.1:P -u 127.0.0.1:Q --admin off --log-format json\`: no rules, default workers (1); threads: $threads, listening sockets on its port: $socks"
+                ;;
+            tcpfault+*rules)
+                local n=${p#tcpfault+}
+                n=${n%rules}
+                echo "- $p: the same proxy from a file (\`-c\`, see \`configs/\`) with $n rules that never fire:" \
+                    "$((n - n / 5)) \`when: {data: \"never-sent-marker-K\"}\` rules, alternately on the upstream and downstream stream, and" \
+                    "$((n / 5)) \`match: {clients: [...]}\` rules whose networks exclude 127.0.0.1; reset faults"
+                ;;
+            tcpfault+lat0)
+                echo "- $p: the same proxy from a file with one \`latency\` rule on every connection: \`delay: 0ms, direction: both\`"
+                ;;
+            tcpfault-w*)
+                # What tcpfault itself said about workers (e.g. "workers is ignored" while
+                # the setting was not implemented yet).
+                said=$( (grep -i worker "$LOGS/$p-iperf.log" 2>/dev/null || true) |
+                    sed -n 's/.*"level":"\([a-z]*\)","msg":"\([^"]*\)".*/"\2" (\1)/p' | head -n 3 | paste -sd ';' - || true)
+                echo "- $p: the same proxy from a file with \`workers: ${p#tcpfault-w}\`; threads: $threads," \
+                    "listening sockets on its port: $socks; tcpfault logged about workers: ${said:-nothing}"
+                ;;
+            socat)
+                echo "- socat: \`socat TCP-LISTEN:P,bind=127.0.0.1,fork,reuseaddr,backlog=4096 TCP:127.0.0.1:Q\`: one forked process per connection"
+                ;;
+            haproxy)
+                echo "- haproxy: \`mode tcp\`, \`maxconn 8000\`, no \`nbthread\`, so haproxy's default nbthread:" \
+                    "one thread per usable CPU (usable CPUs: $(taskset -cp "$pid" 2>/dev/null | sed 's/.*: *//' || true)); threads: $threads"
+                ;;
+        esac
+    done
+}
+
 {
     echo "# tcpfault benchmark — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "- machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), kernel $(uname -r)"
-    if has_config tcpfault; then
+    if has_kind tcpfault; then
         head=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
         if [[ $TCPFAULT_BUILT == 1 ]]; then
             src="built (Release) by this run from the work tree at HEAD $head, plus any uncommitted edits"
@@ -424,13 +723,17 @@ done
     else
         echo "- tcpfault: not run"
     fi
-    peers="$(iperf3 --version | head -n1 | cut -d' ' -f1-2)"
+    peers="$(iperf3 --version | sed -n 1p | cut -d' ' -f1-2)"
     if has_config socat; then peers+="; $(socat -V | sed -n 's/^socat version \([^ ]*\).*/socat \1/p')"; fi
-    if has_config haproxy; then peers+="; $(haproxy -v | head -n1 | cut -d' ' -f1-3)"; fi
+    if has_config haproxy; then peers+="; $(haproxy -v | sed -n 1p | cut -d' ' -f1-3)"; fi
     echo "- peers: $peers"
     echo "- parameters: QUICK=$QUICK rounds=$ROUNDS iperf3 -t $IPERF_T, short connections ${SC_D}s," \
         "ping-pong $PP_N round trips, serial tests pinned to CPU $PIN_CPU: $([[ $PIN_SERIAL == 1 ]] && echo yes || echo no)," \
         "echo server threads=$ECHO_THREADS, short connections closed first by: $SC_CLOSE"
+    if [[ $RSS == 1 ]]; then
+        echo "- idle connections: $RSS_N_USED per proxy (RSS_N=$RSS_N; ulimit -n $FD_LIMIT, hard limit $(ulimit -Hn), 2 fds per proxied connection)"
+    fi
+    describe_configs
     echo
     python3 "$HERE/report.py" "$RESULTS_DIR"
 } >"$RESULTS_DIR/table.md"
