@@ -73,12 +73,10 @@ void Metrics::declare_rule(const std::string& proxy, const std::string& rule, co
     rule_active_.Add({{"proxy", proxy}, {"rule", rule}});
 }
 
-void Metrics::connection_opened(const std::string& proxy) {
-    connections_.Add({{"proxy", proxy}}).Increment();
-}
-
-void Metrics::connection_closed(const std::string& proxy, double seconds) {
-    duration_.Add({{"proxy", proxy}}, kDurationBuckets).Observe(seconds);
+Metrics::ProxySeries Metrics::proxy_series(const std::string& proxy) {
+    // Series are never removed, so the references stay valid for the process's life.
+    return ProxySeries{&connections_.Add({{"proxy", proxy}}),
+                       &duration_.Add({{"proxy", proxy}}, kDurationBuckets)};
 }
 
 void Metrics::rejected(const std::string& proxy, const char* reason) {

@@ -22,8 +22,13 @@ class Metrics {
     void declare_proxy(const std::string& proxy);
     void declare_rule(const std::string& proxy, const std::string& rule, const char* fault);
 
-    void connection_opened(const std::string& proxy);
-    void connection_closed(const std::string& proxy, double seconds);
+    // A proxy's per-connection series, looked up once: Family::Add builds a label map,
+    // hashes it and takes the family's lock, too much for every accept.
+    struct ProxySeries {
+        prometheus::Counter* connections = nullptr;
+        prometheus::Histogram* duration = nullptr;
+    };
+    ProxySeries proxy_series(const std::string& proxy);
     void rejected(const std::string& proxy, const char* reason);
     void upstream_error(const std::string& proxy, const std::string& kind);
     void fault(const std::string& proxy, const std::string& rule, const char* fault);

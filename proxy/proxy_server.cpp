@@ -40,6 +40,7 @@ void ProxyServer::become_replica_of(const ProxyServer& primary) {
     shared_ = primary.shared_;
     seed_ = primary.seed_;
     metrics_ = primary.metrics_;
+    series_ = primary.series_;
     bound_ = primary.bound_;
     listen_addr_ = primary.listen_addr_;
     WorkerPool* pool = primary.pool_;
@@ -262,7 +263,7 @@ void ProxyServer::on_connection(uv_stream_t* listener, int status) {
         return;
     }
     uint64_t id = ++g_session_ids;
-    if (self->metrics_ != nullptr) self->metrics_->connection_opened(self->name());
+    if (self->series_.connections != nullptr) self->series_.connections->Increment();
     auto session = std::make_unique<Session>(*self, id, self->cfg_);
     Session* s = session.get();
     self->sessions_.emplace(id, std::move(session));
@@ -284,7 +285,7 @@ std::string ProxyServer::open_ftp_data(const sockaddr_storage& bind, const socka
 void ProxyServer::accept_data(uv_stream_t* listener, const sockaddr_storage& target,
                               bool accepted_is_server) {
     uint64_t id = ++g_session_ids;
-    if (metrics_ != nullptr) metrics_->connection_opened(name());
+    if (series_.connections != nullptr) series_.connections->Increment();
     Session::DataTarget t{target, accepted_is_server};
     auto session = std::make_unique<Session>(*this, id, cfg_, t);
     Session* s = session.get();
@@ -328,9 +329,9 @@ void ProxyServer::session_finished(uint64_t id) {
     auto it = sessions_.find(id);
     if (it == sessions_.end()) return;
     std::vector<std::string> slots = it->second->slots();
-    if (metrics_ != nullptr)
-        metrics_->connection_closed(
-            name(), static_cast<double>(uv_now(loop_) - it->second->started_ms()) / 1000.0);
+    if (series_.duration != nullptr)
+        series_.duration->Observe(static_cast<double>(uv_now(loop_) - it->second->started_ms()) /
+                                  1000.0);
     sessions_.erase(it);
     active_.store(sessions_.size(), std::memory_order_relaxed);
     if (!slots.empty()) release_slots(slots);
@@ -517,6 +518,7 @@ void ProxyServer::set_metrics(Metrics* m) {
     metrics_ = m;
     if (metrics_ == nullptr) return;
     metrics_->declare_proxy(name());
+    series_ = metrics_->proxy_series(name());
     for (const auto& r : cfg_->rules)
         metrics_->declare_rule(name(), r.name, config::fault_name(r.fault));
 }

@@ -187,6 +187,7 @@ class ProxyServer {
     std::atomic<uint64_t> bytes_down_{0};
     uint64_t seed_ = 0;
     Metrics* metrics_ = nullptr;
+    Metrics::ProxySeries series_;
     uint64_t synced_up_ = 0;  // bytes already added to the Prometheus counters (primary)
     uint64_t synced_down_ = 0;
     std::function<void()> on_idle_;
