@@ -18,6 +18,17 @@
 using namespace tcpfault::config;
 using namespace std::chrono_literals;
 
+#if defined(__SANITIZE_ADDRESS__)
+#define TCPFAULT_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TCPFAULT_TEST_ASAN 1
+#endif
+#endif
+#ifndef TCPFAULT_TEST_ASAN
+#define TCPFAULT_TEST_ASAN 0
+#endif
+
 namespace {
 
 std::optional<std::string> no_env(const std::string&) {
@@ -81,14 +92,9 @@ std::string in_bounded_child(const std::function<std::string()>& f, unsigned sec
     if (pid == 0) {
         close(fds[0]);
         alarm(seconds);
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__has_feature)
+#if !TCPFAULT_TEST_ASAN  // ASan reserves terabytes of address space for its shadow
         rlimit lim{1ul << 30, 1ul << 30};
         setrlimit(RLIMIT_AS, &lim);
-#elif defined(__has_feature)
-#if !__has_feature(address_sanitizer)
-        rlimit lim{1ul << 30, 1ul << 30};
-        setrlimit(RLIMIT_AS, &lim);
-#endif
 #endif
         // The child must never return into doctest: that would run the rest of the suite twice.
         std::string out;
