@@ -25,6 +25,9 @@ class LiteralMatcher {
     size_t feed(const char* data, size_t len);
 
   private:
+    // KMP over [data, data+len) from the current state.
+    size_t step(const char* data, size_t len);
+
     std::string needle_;
     std::vector<size_t> fail_;
     size_t state_ = 0;

@@ -1,6 +1,9 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "faults/trigger.hpp"
 
@@ -40,6 +43,40 @@ TEST_CASE("literal matcher handles self-overlapping needles byte by byte") {
     for (size_t i = 0; i < s.size() && hit == Trigger::npos; ++i)
         if (m.feed(&s[i], 1) != Trigger::npos) hit = i;
     CHECK(hit == 3);
+}
+
+TEST_CASE("literal matcher agrees with a plain search for every match, over random chunkings") {
+    // Small alphabets make partial and overlapping matches common, across chunk edges too.
+    std::mt19937 rng(7);
+    const char* needles[] = {"a", "ab", "aab", "abab", "aaaa", "abcab", "abaabab", "bbbbbbba"};
+    for (const char* needle : needles) {
+        const std::string n = needle;
+        for (int round = 0; round < 200; ++round) {
+            std::string stream(std::uniform_int_distribution<size_t>(0, 300)(rng), 'a');
+            for (char& c : stream) c = "aabbc"[rng() % 5];
+            // Every match end, as a naive scan sees them (overlaps included).
+            std::vector<size_t> want;
+            for (size_t i = 0; i + n.size() <= stream.size(); ++i)
+                if (stream.compare(i, n.size(), n) == 0) want.push_back(i + n.size());
+            LiteralMatcher m(n);
+            std::vector<size_t> got;
+            size_t pos = 0;
+            while (pos < stream.size()) {
+                size_t len = std::min(stream.size() - pos,
+                                      std::uniform_int_distribution<size_t>(1, 20)(rng));
+                size_t hit = m.feed(stream.data() + pos, len);
+                if (hit == Trigger::npos) {
+                    pos += len;
+                } else {
+                    // Matching resumes right after the match, as KMP would.
+                    got.push_back(pos + hit);
+                    pos += hit;
+                }
+            }
+            INFO("needle ", n, " stream ", stream);
+            CHECK(got == want);
+        }
+    }
 }
 
 TEST_CASE("after_bytes splits a single large chunk exactly at the threshold") {
