@@ -20,8 +20,8 @@ run_suite() {  # build-dir, extra cmake args...
 
 run_suite "${BUILD_DIR:-build}" -DCMAKE_BUILD_TYPE=RelWithDebInfo
 if [ "${SKIP_FUZZ:-0}" != "1" ]; then
-    echo "=== libFuzzer harnesses, ${FUZZ_SECONDS:-30}s each ==="
-    FUZZ_SECONDS="${FUZZ_SECONDS:-30}" bash tests/fuzz/run.sh
+    echo "=== libFuzzer harnesses, ${FUZZ_SECONDS:-60}s each ==="
+    FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash tests/fuzz/run.sh
 fi
 if [ "${SKIP_ASAN:-0}" != "1" ]; then
     echo "=== again with AddressSanitizer + UndefinedBehaviorSanitizer ==="

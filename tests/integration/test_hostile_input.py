@@ -13,10 +13,9 @@ For config files: alias bombs ("billion laughs"), deep nesting, oversized and bi
 `tcpfault --check -c FILE` must exit 2 with a FILE:LINE:COL (or FILE:) diagnostic, in under
 5 s and under 200 MiB of RSS (measured per child with os.wait4).
 
-Known open bugs (reported, not exercised here because they hang or crash the proxy):
-a rule body or config file made of a stray "," makes YAML::LoadAll loop forever allocating
-memory (yaml-cpp 0.7, jbeder/yaml-cpp#1040); a `when.line` regex applied to a long line
-overflows the stack inside std::regex. See RELIABILITY.md.
+Regressions for bugs found by this work (RELIABILITY.md section 4): a body or config file
+made of a stray "," (yaml-cpp 0.7's LoadAll looped forever allocating, jbeder/yaml-cpp#1040)
+and sizes/durations that overflowed into small values.
 """
 
 from __future__ import annotations
@@ -340,6 +339,16 @@ BAD_BODIES = [
     ("duration-overflow", b'{"name": "o", "when": {"after": "999999999999h"}, '
                           b'"fault": {"type": "reset"}}'),
     ("env-in-body", b'{"name": "${HOME}", "fault": {"type": "reset"}}'),
+    ("stray-comma", b","),
+    ("stray-comma-lines", b"\n,\n\n"),
+    ("comma-then-text", b",a"),
+    ("trailing-comma", b'{"name": "c", "fault": {"type": "reset"}},'),
+    ("second-document-comma", b"name: c\nfault: {type: reset}\n---\n,\n"),
+    ("size-wraps-to-1TiB", b'{"name": "o", "when": {"after_bytes": '
+                           b'"309485009821345068724782.056TiB"}, "fault": {"type": "reset"}}'),
+    ("duration-wraps-to-1us", b'{"name": "o", "when": {"after": '
+                              b'"295383999063314638423068.235617854628h"}, '
+                              b'"fault": {"type": "reset"}}'),
 ]
 
 
@@ -645,6 +654,11 @@ CONFIGS = [
     ("two-documents", lambda: _proxy_head().encode() + b"---\n" + _proxy_head().encode(),
      "expected one YAML document"),
     ("many-documents", lambda: b"---\n" * 1_000_000, "expected one YAML document"),
+    ("stray-comma", lambda: b",", "invalid YAML"),
+    ("comma-after-config", lambda: _proxy_head().encode() + b",\n", "invalid YAML"),
+    ("size-overflow", lambda: (_proxy_head() + "    rules:\n      - name: r\n        when: "
+                               "{after_bytes: 309485009821345068724782.056TiB}\n        fault: "
+                               "{type: reset}\n").encode(), "too large"),
 ]
 
 
