@@ -322,23 +322,26 @@ proxies:
     upstream: '127.0.0.1:$up'
 EOF
     if [[ $cfg =~ ^tcpfault\+([0-9]+)rules$ ]]; then
-        # Rules that are evaluated but never fire. Four in five wait for a marker
-        # that is never sent (the matcher scans every byte of that stream;
-        # alternately client->server and server->client); one in five is limited
-        # to client networks that do not include 127.0.0.1 (checked at accept).
+        # Rules that are evaluated but never fire, one in five of each kind of false
+        # condition: client networks that exclude 127.0.0.1 (checked at accept), a
+        # connection ordinal never reached, a byte count never reached (counted per
+        # chunk), a time never reached (a timer per connection) and a marker never sent
+        # (the matcher scans every byte of that stream; alternately client->server and
+        # server->client).
         n=${BASH_REMATCH[1]}
-        nclients=$((n / 5))
-        ndata=$((n - nclients))
         local cidrs=('[10.0.0.0/8]' '[192.168.0.0/16, 172.16.0.0/12]' '["::1/128"]' '[100.64.0.0/10, "fd00::/8"]')
+        local dirs=(upstream downstream)
         echo "    rules:"
-        for ((i = 1; i <= ndata; i++)); do
-            dir=upstream
-            ((i % 2 == 0)) && dir=downstream
-            printf '      - name: never-sent-%d\n        when: {direction: %s, data: "never-sent-marker-%d"}\n        fault: {type: reset, to: client}\n' "$i" "$dir" "$i"
-        done
-        for ((i = 1; i <= nclients; i++)); do
-            printf '      - name: other-clients-%d\n        match: {clients: %s}\n        when: {data: "never-sent-marker-c%d"}\n        fault: {type: reset}\n' \
-                "$i" "${cidrs[$(((i - 1) % ${#cidrs[@]}))]}" "$i"
+        for ((i = 1; i <= n; i++)); do
+            dir=${dirs[$(((i / 5) % 2))]}
+            case $((i % 5)) in
+            1) printf '      - name: other-clients-%d\n        match: {clients: %s}\n        fault: {type: reset}\n' \
+                "$i" "${cidrs[$(((i / 5) % ${#cidrs[@]}))]}" ;;
+            2) printf '      - name: far-ordinal-%d\n        match: {connections: {nth: %d}}\n        fault: {type: reset}\n' "$i" "$((1000000000 + i))" ;;
+            3) printf '      - name: far-bytes-%d\n        when: {direction: %s, after_bytes: 1TiB}\n        fault: {type: reset}\n' "$i" "$dir" ;;
+            4) printf '      - name: far-time-%d\n        when: {after: 24h}\n        fault: {type: reset}\n' "$i" ;;
+            0) printf '      - name: never-sent-%d\n        when: {direction: %s, data: "never-sent-marker-%d"}\n        fault: {type: reset, to: client}\n' "$i" "$dir" "$i" ;;
+            esac
         done
     elif [[ $cfg == tcpfault+lat0 ]]; then
         # Both directions, so the bulk (client->server) data goes through it too.
@@ -682,9 +685,10 @@ describe_configs() {
             tcpfault+*rules)
                 local n=${p#tcpfault+}
                 n=${n%rules}
-                echo "- $p: the same proxy from a file (\`-c\`, see \`configs/\`) with $n rules that never fire:" \
-                    "$((n - n / 5)) \`when: {data: \"never-sent-marker-K\"}\` rules, alternately on the upstream and downstream stream, and" \
-                    "$((n / 5)) \`match: {clients: [...]}\` rules whose networks exclude 127.0.0.1; reset faults"
+                echo "- $p: the same proxy from a file (\`-c\`, see \`configs/\`) with $n rules that never fire, one in five of each:" \
+                    "\`match: {clients: [...]}\` excluding 127.0.0.1, \`match: {connections: {nth: 1000000000+K}}\`," \
+                    "\`when: {after_bytes: 1TiB}\`, \`when: {after: 24h}\` and \`when: {data: \"never-sent-marker-K\"}\`" \
+                    "(the byte rules alternately on the upstream and downstream stream); reset faults"
                 ;;
             tcpfault+lat0)
                 echo "- $p: the same proxy from a file with one \`latency\` rule on every connection: \`delay: 0ms, direction: both\`"
