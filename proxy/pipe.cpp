@@ -13,8 +13,13 @@ void Pipe::start() {
     // Once a terminal fault acts, nothing more is forwarded: draining shaped bytes must not
     // resume reading a source past the fault's byte.
     if (mode_ == Mode::forward && session_.ending()) return;
-    if (!source_eof_ && !paused_ && !stalled_hold_ && !holding_for_trigger_)
+    if (source_eof_) return;
+    // A blackhole keeps reading (and discarding) whatever holds the stream otherwise.
+    if (mode_ == Mode::forward && stall_drops_ > 0) {
         source_.start_reading();
+        return;
+    }
+    if (!paused_ && stall_holds_ == 0 && !holding_for_trigger_) source_.start_reading();
 }
 
 void Pipe::set_mode(Mode m) {
@@ -24,7 +29,7 @@ void Pipe::set_mode(Mode m) {
 
 bool Pipe::shaping() const {
     return latency_.count() > 0 || jitter_.count() > 0 || rate_ > 0 || slice_max_ > 0 ||
-           stalled_hold_ || !queue_empty();
+           stalled() || !queue_empty();
 }
 
 void Pipe::on_read(Chunk& chunk, ssize_t nread) {
@@ -36,6 +41,7 @@ void Pipe::on_read(Chunk& chunk, ssize_t nread) {
         switch (mode_) {
             case Mode::forward:
                 if (session_.ending()) break;  // read before the fault stopped it: dropped
+                if (stall_drops_ > 0) break;   // blackholed
                 if (filter_ != nullptr) {
                     std::string out;
                     filter_->feed(chunk.get(), n, out);
@@ -64,6 +70,8 @@ void Pipe::on_read(Chunk& chunk, ssize_t nread) {
             session_.on_eof_after_close(source_);
             return;
         }
+        // Under a stall the FIN waits (maybe_pass_fin) until the stall ends; a blackhole
+        // (drop) has read it, but lets it through no more than the bytes before it.
         if (filter_ != nullptr) {
             std::string rest;
             filter_->flush(rest);
@@ -72,7 +80,15 @@ void Pipe::on_read(Chunk& chunk, ssize_t nread) {
         maybe_pass_fin();
         return;
     }
-    // ECONNRESET and friends: the source is gone abruptly. Mirror it, never turn it into a FIN.
+    // ECONNRESET and friends: the source is gone abruptly. Mirror it, never turn it into a FIN;
+    // a blackhole swallows it like any segment, until the stall ends.
+    if (mode_ == Mode::forward && stall_drops_ > 0 && !session_.ending()) {
+        source_eof_ = true;  // nothing more comes from this socket
+        source_error_ = static_cast<int>(nread);
+        session_.trace(dir_ == config::Direction::upstream ? "client reset held by stall"
+                                                           : "server reset held by stall");
+        return;
+    }
     session_.on_peer_reset(source_, static_cast<int>(nread));
 }
 
@@ -153,7 +169,7 @@ void Pipe::emit(const char* p, size_t n, Chunk* owner) {
 }
 
 void Pipe::pump() {
-    if (!sink_.usable() || slice_wait_ || stalled_hold_) return;
+    if (!sink_.usable() || slice_wait_ || stalled()) return;
     uint64_t now_us = uv_hrtime() / 1000;
     uint64_t now = uv_now(session_.loop());
     while (!queue_empty()) {
@@ -256,25 +272,40 @@ void Pipe::set_slice(uint64_t min_size, uint64_t max_size, config::Duration dela
 }
 
 void Pipe::stall(config::StallFault::Mode mode) {
-    if (mode == config::StallFault::Mode::hold) {
-        stalled_hold_ = true;
-        source_.stop_reading();
-    } else {
-        set_mode(Mode::drop);
-    }
+    if (mode == config::StallFault::Mode::hold)
+        ++stall_holds_;
+    else
+        ++stall_drops_;
+    apply_stall_reading();
 }
 
-void Pipe::unstall() {
-    if (mode_ == Mode::drop) mode_ = Mode::forward;
-    stalled_hold_ = false;
-    start();
+void Pipe::unstall(config::StallFault::Mode mode) {
+    int& n = mode == config::StallFault::Mode::hold ? stall_holds_ : stall_drops_;
+    if (n > 0) --n;
+    if (!stalled() && source_error_ != 0 && mode_ == Mode::forward) {
+        session_.on_peer_reset(source_, source_error_);
+        return;
+    }
+    apply_stall_reading();
+    if (stalled()) return;
     pump();
+    maybe_pass_fin();  // a FIN the stall held, when pump had nothing to send
+}
+
+// Reading after a stall began or ended: a drop stall reads (and discards) whatever else would
+// hold the source; without one, a hold stall, backpressure or a trigger's hold point stop it.
+// Stalls only decide this while the pipe forwards; the terminal modes read on their own.
+void Pipe::apply_stall_reading() {
+    if (mode_ != Mode::forward) return;
+    if (stall_drops_ == 0 && (stall_holds_ > 0 || paused_ || holding_for_trigger_))
+        source_.stop_reading();
+    start();
 }
 
 void Pipe::discard_pending(bool keep_shaped) {
     trigger_hold_.clear();
     holding_for_trigger_ = false;
-    if (keep_shaped && !stalled_hold_) return;
+    if (keep_shaped && !stalled()) return;
     queue_.reset();
     queued_held_ = 0;
 }
@@ -293,7 +324,7 @@ void Pipe::apply_backpressure() {
     size_t queued = sink_.queued_bytes() + held_bytes();
     if (!paused_ && queued >= kHighWatermark) {
         paused_ = true;
-        source_.stop_reading();
+        if (stall_drops_ == 0) source_.stop_reading();  // a blackhole reads on
         session_.on_backpressure(true);
     } else if (paused_ && queued <= kLowWatermark) {
         paused_ = false;
@@ -315,9 +346,10 @@ void Pipe::on_write_done(int status) {
 }
 
 void Pipe::maybe_pass_fin() {
-    if (!source_eof_ || mode_ != Mode::forward || sink_.fin_requested() || !sink_.usable()) return;
-    if (sink_.queued_bytes() != 0 || held_bytes() != 0 || stalled_hold_ || holding_for_trigger_)
+    if (!source_eof_ || source_error_ != 0 || mode_ != Mode::forward || sink_.fin_requested() ||
+        !sink_.usable())
         return;
+    if (sink_.queued_bytes() != 0 || held_bytes() != 0 || stalled() || holding_for_trigger_) return;
     if (fin_delay_ms_ > 0) {
         uint64_t now = uv_now(session_.loop());
         if (fin_due_ms_ == 0) fin_due_ms_ = now + fin_delay_ms_;

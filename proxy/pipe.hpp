@@ -64,9 +64,14 @@ class Pipe {
     void set_fin_delay(config::Duration d) {
         fin_delay_ms_ = static_cast<uint64_t>(d.count() / 1000);
     }
-    // Stall: hold stops reading (backpressure, nothing lost); drop discards what arrives.
+    // Stall: hold stops reading (backpressure, nothing lost); drop reads and discards what
+    // arrives, a FIN or RST included (a blackhole). Stalls are counted: several rules may stall
+    // one direction, and it moves again only once each of them has ended (unstall with the
+    // same mode). While any drop stall is on, arriving bytes are discarded. Bytes read before
+    // the stall, and a FIN or RST it swallowed, are passed on when the last stall ends.
     void stall(config::StallFault::Mode mode);
-    void unstall();
+    void unstall(config::StallFault::Mode mode);
+    bool stalled() const { return stall_holds_ + stall_drops_ > 0; }
     // A reset or close fault ends the stream. Bytes behind a trigger's hold point were never
     // let through and are dropped; bytes a shaping fault already let through (latency,
     // bandwidth, slice) are still delivered when `keep_shaped`, unless a stall holds them.
@@ -95,6 +100,7 @@ class Pipe {
     bool shaping() const;
     void arm_timer(uint64_t delay_ms);
     void apply_backpressure();
+    void apply_stall_reading();
     void maybe_pass_fin();
     void try_fin();
     static void on_timer(uv_timer_t* t);
@@ -130,7 +136,9 @@ class Pipe {
     uint64_t slice_max_ = 0;
     uint64_t slice_delay_ms_ = 0;
     bool slice_wait_ = false;  // a slice delay is running
-    bool stalled_hold_ = false;
+    int stall_holds_ = 0;      // stalls (hold) in force on this direction
+    int stall_drops_ = 0;      // stalls (drop) in force on this direction
+    int source_error_ = 0;     // a RST (libuv error) from the source that a drop stall swallowed
     bool fin_wanted_ = false;
     uint64_t fin_delay_ms_ = 0;
     uint64_t fin_due_ms_ = 0;  // when a delayed FIN may pass; 0 = not yet scheduled

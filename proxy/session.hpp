@@ -130,7 +130,8 @@ class Session {
     void fault_reset(config::Target to, bool flush);
     void finish_reset();
     void fault_close(config::Target to, config::CloseFault::Then then);
-    void fault_stall(const config::StallFault& f);
+    void fault_stall(const config::StallFault& f, size_t rule);
+    void end_stall(size_t k);
     void fault_clamp(const config::ClampFault& f);
     void apply_clamp(Endpoint& e, bool server_side, const config::ClampFault& f);
     // Server-side clamps of rules acting at accept, set on the new socket before connect():
@@ -189,12 +190,17 @@ class Session {
     uv_timer_t fault_timer_{};
     bool fault_timer_open_ = false;
     // Deadlines in uv_now() milliseconds; 0 = not set.
-    uint64_t stall_deadline_ = 0;
-    uint64_t stall_check_ = 0;  // next look at whether both stalled peers are gone
+    uint64_t stall_check_ = 0;  // under an endless stall: next look at whether both peers are gone
     uint64_t idle_deadline_ = 0;
     uint64_t flush_deadline_ = 0;  // reset with flush: give up waiting for acks
     uint64_t last_activity_ms_ = 0;
-    const config::StallFault* stall_ = nullptr;
+    // Stalls in force, one per rule that fired one; each ends on its own deadline (0: never).
+    struct ActiveStall {
+        config::StallFault fault;
+        size_t rule;  // index in rules_
+        uint64_t deadline_ms;
+    };
+    std::vector<ActiveStall> stalls_;
     const config::IdleFault* idle_ = nullptr;
     config::Target reset_to_ = config::Target::both;
     bool flushing_ = false;

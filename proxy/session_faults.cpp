@@ -35,8 +35,8 @@ bool hits_server(config::Target t) {
     return t != config::Target::client;
 }
 
-// A stall that holds does not read, so it cannot see a FIN: the kernel's TCP state says
-// whether the peer has closed (or reset) its end.
+// A stall that holds does not read, so it cannot see a FIN, and one that drops keeps the FIN it
+// read to itself: the kernel's TCP state says whether the peer has closed (or reset) its end.
 constexpr uint64_t kStallCheckMs = 1000;
 bool peer_closed(Endpoint& e) {
     if (!e.usable()) return true;
@@ -164,7 +164,7 @@ void Session::fire(size_t i) {
     std::visit(overloaded{
                    [&](const config::ResetFault& f) { fault_reset(f.to, f.flush); },
                    [&](const config::CloseFault& f) { fault_close(f.to, f.then); },
-                   [&](const config::StallFault& f) { fault_stall(f); },
+                   [&](const config::StallFault& f) { fault_stall(f, i); },
                    [&](const config::LatencyFault& f) {
                        each_pipe(f.direction, [&](Pipe& p) { p.add_latency(f.delay, f.jitter); });
                    },
@@ -228,7 +228,7 @@ void Session::rearm_fault_timer() {
     };
     for (const auto& r : rules_)
         if (!r.done) consider(r.deadline_ms);
-    consider(stall_deadline_);
+    for (const auto& st : stalls_) consider(st.deadline_ms);
     consider(stall_check_);
     consider(idle_deadline_);
     if (flushing_) consider(uv_now(loop()) + kFlushPollMs);
@@ -275,21 +275,17 @@ void Session::on_fault_timer(uv_timer_t* t) {
         }
         self->stall_check_ = now + kStallCheckMs;
     }
-    if (!self->ending() && self->stall_deadline_ != 0 && self->stall_deadline_ <= now) {
-        self->stall_deadline_ = 0;
-        const config::StallFault& f = *self->stall_;
-        switch (f.then) {
-            case config::StallFault::Then::resume:
-                self->each_pipe(f.direction, [](Pipe& p) { p.unstall(); });
-                self->stall_check_ = 0;
-                break;
-            case config::StallFault::Then::reset:
-                self->fault_reset(config::Target::both, false);
-                break;
-            case config::StallFault::Then::close:
-                self->fault_close(config::Target::both, config::CloseFault::Then::reset);
-                break;
+    // Each stall ends on its own; the earliest first (a reset or close ends them all).
+    while (!self->ending()) {
+        size_t due = self->stalls_.size();
+        for (size_t k = 0; k < self->stalls_.size(); ++k) {
+            uint64_t d = self->stalls_[k].deadline_ms;
+            if (d != 0 && d <= now &&
+                (due == self->stalls_.size() || d < self->stalls_[due].deadline_ms))
+                due = k;
         }
+        if (due == self->stalls_.size()) break;
+        self->end_stall(due);
     }
     if (!self->ending() && self->idle_ != nullptr && self->idle_deadline_ != 0) {
         uint64_t due = self->last_activity_ms_ + self->idle_->timeout.count() / 1000;
@@ -408,15 +404,45 @@ void Session::on_eof_after_close(Endpoint& who) {
     if (!client_.usable() && !upstream_.usable()) close_all();
 }
 
-void Session::fault_stall(const config::StallFault& f) {
-    stall_ = &f;
+// Every stall counts on its own: a direction moves again only once no stall holds it. An
+// endless stall is the only one that cannot end by itself: while one is in force, the session
+// is reaped once both peers have closed (TCP state), since nothing can ever pass again.
+void Session::fault_stall(const config::StallFault& f, size_t rule) {
+    uint64_t now = uv_now(loop());
+    uint64_t deadline = 0;
+    if (f.duration)
+        deadline =
+            now + std::max<uint64_t>(1, static_cast<uint64_t>((f.duration->count() + 999) / 1000));
+    stalls_.push_back(ActiveStall{f, rule, deadline});
     each_pipe(f.direction, [&](Pipe& p) { p.stall(f.mode); });
-    stall_check_ = uv_now(loop()) + kStallCheckMs;
+    if (deadline == 0 && stall_check_ == 0) stall_check_ = now + kStallCheckMs;
     rearm_fault_timer();
-    if (f.duration) {
-        stall_deadline_ =
-            uv_now(loop()) + static_cast<uint64_t>((f.duration->count() + 999) / 1000);
-        rearm_fault_timer();
+}
+
+void Session::end_stall(size_t k) {
+    ActiveStall st = stalls_[k];
+    stalls_.erase(stalls_.begin() + static_cast<std::ptrdiff_t>(k));
+    const config::StallFault& f = st.fault;
+    const char* then = f.then == config::StallFault::Then::resume  ? "resume"
+                       : f.then == config::StallFault::Then::reset ? "reset"
+                                                                   : "close";
+    log::info("stall ended", {{"proxy", cfg_->name},
+                              {"conn", id_},
+                              {"rule", rules_[st.rule].rule->name},
+                              {"then", then}});
+    switch (f.then) {
+        case config::StallFault::Then::resume:
+            // Lifts this stall only: another one may still hold either direction.
+            each_pipe(f.direction, [&](Pipe& p) {
+                if (!ending()) p.unstall(f.mode);
+            });
+            break;
+        case config::StallFault::Then::reset:
+            fault_reset(config::Target::both, false);
+            break;
+        case config::StallFault::Then::close:
+            fault_close(config::Target::both, config::CloseFault::Then::reset);
+            break;
     }
 }
 

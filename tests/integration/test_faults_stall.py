@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from fault_helpers import Recorder, pattern, start_proxy
-from helpers import KiB, MiB, connect, read_outcome
+from admin_helpers import start_with_admin
+from fault_helpers import Recorder, echo_reply, pattern, start_proxy
+from helpers import KiB, MiB, connect, read_outcome, recv_exact, reset_close
 
 REC = 16  # bytes per record: 8-byte sequence number + 8-byte send time (ns)
 
@@ -149,6 +150,7 @@ def test_stall_forever_client_read_blocks(tcpfault, servers, sockets):
     """No duration: nothing arrives (the client's read times out); the connection stays up."""
     rec = Recorder(servers, greeting=b"220 hi\r\n")
     proxy = start_proxy(tcpfault, rec.addr, ["{name: s, fault: {type: stall}}"])
+    fds = proxy.fd_count()
     c = connect(proxy.addr())
     sockets.append(c)
     c.sendall(b"HELO x\r\n")
@@ -156,6 +158,7 @@ def test_stall_forever_client_read_blocks(tcpfault, servers, sockets):
     assert (outcome, data) == ("timeout", b""), f"expected nothing for 1s, got {outcome} {data!r}"
     assert bytes(rec.record(1).data) == b"", "upstream bytes passed a stalled connection"
     assert rec.record(1).end is None, "the server side ended during a stall"
+    _close_both_and_wait_reaped(proxy, fds, c, rec.conn(1))
 
 
 @pytest.mark.timeout(30)
@@ -189,3 +192,180 @@ def test_stall_then_close(tcpfault, servers, sockets):
     assert 0.45 <= took < 1.0, f"EOF after {took:.3f}s, expected ~0.5s"
     r = rec.wait_end(1, timeout=5)
     assert r.end == "eof", f"server saw {r.end}, expected EOF"
+
+
+# --------------------------------------------------------------------------------------------
+# Several stalls on one connection, and what a blackhole does with FIN and RST.
+
+def _close_both_and_wait_reaped(proxy, fds: int, *socks: socket.socket) -> None:
+    """Closes the client and server sockets and waits until the proxy has released the
+    session's sockets: a session under an endless stall is reaped once both peers are gone.
+    (Also keeps the reap from racing the fixture's SIGTERM at teardown.)"""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)  # wakes a handler thread blocked in recv()
+        except OSError:
+            pass
+        s.close()
+    proxy.wait_fds_at_most(fds, timeout=5)
+
+
+FOREVER = "{name: forever, fault: {type: stall, direction: both, mode: hold}}"
+BRIEF = ("{name: brief, fault: {type: stall, direction: both, duration: 500ms, "
+         "then: resume}}")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("order", ["endless-first", "brief-first"])
+def test_stall_endless_rule_holds_after_a_brief_one_resumes(tcpfault, servers, sockets, order):
+    """Two stall rules on one connection: the brief one's resume (at 500ms) does not lift the
+    endless one. Nothing is echoed for 1.5s, and the server receives nothing."""
+    rec = Recorder(servers, reply=echo_reply)
+    rules = [FOREVER, BRIEF] if order == "endless-first" else [BRIEF, FOREVER]
+    proxy = start_proxy(tcpfault, rec.addr, rules)
+    fds = proxy.fd_count()
+    c = connect(proxy.addr())
+    sockets.append(c)
+    c.sendall(b"ping\n")
+    outcome, data, took = read_outcome(c, timeout=1.5)
+    assert (outcome, data) == ("timeout", b""), (
+        f"expected nothing for 1.5s under the endless stall, got {outcome} {data!r} "
+        f"after {took:.3f}s")
+    # The brief stall did end meanwhile (its end is logged), so the window covered it.
+    proxy.wait_for_log("stall ended", rule="brief", timeout=1)
+    assert bytes(rec.record(1).data) == b"", "bytes reached the server through the stall"
+    assert rec.record(1).end is None, "the server side ended during the stall"
+    _close_both_and_wait_reaped(proxy, fds, c, rec.conn(1))
+
+
+def _assert_server_saw_nothing(srv_sock: socket.socket) -> None:
+    """The server-side socket has neither data nor a FIN/RST waiting (non-blocking peek)."""
+    srv_sock.setblocking(False)
+    try:
+        got = srv_sock.recv(65536, socket.MSG_PEEK)
+    except BlockingIOError:
+        return
+    except ConnectionResetError:
+        raise AssertionError("the server was reset through a blackholing stall")
+    finally:
+        srv_sock.setblocking(True)
+    what = "a FIN (EOF)" if got == b"" else f"data {got[:60]!r}"
+    raise AssertionError(f"the server received {what} through a blackholing stall")
+
+
+@pytest.mark.timeout(30)
+def test_stall_drop_both_swallows_client_fin_and_is_reaped(tcpfault, servers, sockets):
+    """`stall mode: drop` (endless, both): a client's data and half-close (FIN) reach nobody:
+    the client reads neither data nor EOF while the server is open, the server sees nothing.
+    Once both peers have closed, the session is reaped all the same."""
+    srv = servers.tcp()  # no handler: the server side stays open until the test closes it
+    rule = "{name: bh, fault: {type: stall, direction: both, mode: drop}}"
+    p, api = start_with_admin(tcpfault, [{"name": "main", "upstream": srv.addr,
+                                          "rules": [rule]}], level="debug")
+    c = connect(p.addr("main"))
+    sockets.append(c)
+    server_side = srv.wait_accepted(1)
+    p.wait_for_log("fault injected", rule="bh", timeout=5)
+    c.sendall(b"x" * 5000)
+    c.shutdown(socket.SHUT_WR)
+    server_side.sendall(b"reply that is dropped\n")
+    p.wait_for_log("client eof", timeout=5)  # the proxy has read the client's FIN
+    outcome, data, took = read_outcome(c, timeout=1.0)
+    assert (outcome, data) == ("timeout", b""), (
+        f"client: expected nothing (no data, no EOF) while the server is open, got {outcome} "
+        f"{data!r} after {took:.3f}s")
+    _assert_server_saw_nothing(server_side)
+    assert api.scrape().value("tcpfault_connections_active", proxy="main") == 1
+    # Both peers go away: the session must not outlive them.
+    c.close()
+    server_side.close()
+    api.wait_metric("tcpfault_connections_active", 0, timeout=5, proxy="main")
+    assert api.connections("main") == []
+
+
+@pytest.mark.timeout(30)
+def test_stall_drop_both_swallows_client_rst_and_is_reaped(tcpfault, servers, sockets):
+    """A RST is a segment like any other: under an endless drop stall it does not reach the
+    server (which stays open, seeing nothing); the session is reaped once the server closes."""
+    srv = servers.tcp()
+    rule = "{name: bh, fault: {type: stall, direction: both, mode: drop}}"
+    p, api = start_with_admin(tcpfault, [{"name": "main", "upstream": srv.addr,
+                                          "rules": [rule]}], level="debug")
+    c = connect(p.addr("main"))
+    server_side = srv.wait_accepted(1)
+    p.wait_for_log("fault injected", rule="bh", timeout=5)
+    c.sendall(b"hello\n")
+    # The RST comes after the proxy has read (and dropped) the data: libuv reports a RST that
+    # arrives behind unread data as EOF.
+    api.wait_metric("tcpfault_bytes_total", 6, timeout=5, proxy="main", direction="upstream")
+    reset_close(c)
+    p.wait_for_log("client reset held by stall", timeout=5)  # the proxy has read the RST
+    assert not p.find_logs("peer reset"), "the client's RST was passed on"
+    _assert_server_saw_nothing(server_side)
+    assert api.scrape().value("tcpfault_connections_active", proxy="main") == 1
+    server_side.close()
+    api.wait_metric("tcpfault_connections_active", 0, timeout=5, proxy="main")
+
+
+@pytest.mark.timeout(30)
+def test_stall_drop_upstream_keeps_downstream_after_client_fin(tcpfault, servers, sockets):
+    """`stall mode: drop, direction: upstream` (endless): the client's FIN is swallowed like its
+    data, and the downstream keeps flowing (half-close): the server's reply and then its FIN
+    reach the client."""
+    srv = servers.tcp()
+    p = start_proxy(tcpfault, srv.addr, [
+        "{name: bh, fault: {type: stall, direction: upstream, mode: drop}}"])
+    fds = p.fd_count()
+    c = connect(p.addr())
+    sockets.append(c)
+    server_side = srv.wait_accepted(1)
+    p.wait_for_log("fault injected", rule="bh", timeout=5)
+    c.sendall(b"request\n")
+    c.shutdown(socket.SHUT_WR)
+    p.wait_for_log("client eof", timeout=5)  # the proxy has read the client's FIN
+    outcome, data, _ = read_outcome(c, timeout=0.5)
+    assert (outcome, data) == ("timeout", b""), f"client: got {outcome} {data!r}, expected nothing"
+    server_side.sendall(b"reply\n")
+    assert recv_exact(c, 6, timeout=5) == b"reply\n"
+    _assert_server_saw_nothing(server_side)
+    server_side.shutdown(socket.SHUT_WR)
+    outcome, data, _ = read_outcome(c, timeout=5)
+    assert (outcome, data) == ("eof", b""), f"client: expected the server's FIN, got {outcome}"
+    _close_both_and_wait_reaped(p, fds, c, server_side)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", ["drop", "hold"])
+def test_stall_resume_releases_the_held_fin(tcpfault, servers, sockets, mode):
+    """A client that sends data and FIN during a 500ms stall (both directions) then resume:
+    nothing reaches either side during the stall; at its end the server gets the FIN (after
+    the data with hold; without it with drop, which discarded it), and the connection works
+    on as a half-closed one: the server's reply and its FIN reach the client."""
+    srv = servers.tcp()
+    p = start_proxy(tcpfault, srv.addr, [
+        f"{{name: s, fault: {{type: stall, direction: both, duration: 500ms, mode: {mode}, "
+        f"then: resume}}}}"])
+    t0 = time.monotonic()  # the stall starts after the connection is made
+    c = connect(p.addr())
+    sockets.append(c)
+    server_side = srv.wait_accepted(1)
+    p.wait_for_log("fault injected", rule="s", timeout=5)
+    c.sendall(b"during the stall\n")
+    c.shutdown(socket.SHUT_WR)
+    server_side.settimeout(5)
+    got = bytearray()
+    while True:
+        b = server_side.recv(65536)
+        if not b:
+            break
+        got += b
+    took = time.monotonic() - t0
+    assert took >= 0.45, f"the client's FIN reached the server {took:.3f}s after it was sent"
+    assert bytes(got) == (b"during the stall\n" if mode == "hold" else b""), (
+        f"server received {bytes(got)!r} before the FIN")
+    p.wait_for_log("stall ended", rule="s", timeout=1)
+    server_side.sendall(b"reply\n")
+    server_side.shutdown(socket.SHUT_WR)
+    outcome, data, _ = read_outcome(c, timeout=5)
+    assert (outcome, data) == ("eof", b"reply\n"), f"client: got {outcome} {data!r}"
+    server_side.close()
