@@ -391,6 +391,11 @@ void App::close_process_handles() {
           reinterpret_cast<uv_handle_t*>(&reap_timer_)}) {
         uv_close(h, nullptr);  // embedded in App, which outlives uv_run
     }
+    // Closing the watchers restored the default actions: a stop signal arriving in the last
+    // instants (a supervisor repeating SIGTERM) would kill a process that is exiting cleanly.
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
 }
 
 }  // namespace tcpfault
