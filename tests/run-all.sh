@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need, builds tcpfault and runs every test (unit + integration),
-# on the normal build, then the libFuzzer harnesses for FUZZ_SECONDS each (default 30;
-# SKIP_FUZZ=1 skips them), then the whole suite again on an ASan+UBSan build (SKIP_ASAN=1).
+# on the normal build; the integration tests again with every config on two event loops
+# (`workers: 2`; SKIP_WORKERS=1 skips); the libFuzzer harnesses for FUZZ_SECONDS each
+# (default 60; SKIP_FUZZ=1 skips them); then the whole suite again on an ASan+UBSan build
+# (SKIP_ASAN=1).
 # This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +21,11 @@ run_suite() {  # build-dir, extra cmake args...
 }
 
 run_suite "${BUILD_DIR:-build}" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+if [ "${SKIP_WORKERS:-0}" != "1" ]; then
+    echo "=== integration tests with every config on two event loops (workers: 2) ==="
+    (cd "${BUILD_DIR:-build}" && TCPFAULT_TEST_WORKERS=2 ctest --output-on-failure \
+        --timeout 600 -R '^integration\.')
+fi
 if [ "${SKIP_FUZZ:-0}" != "1" ]; then
     echo "=== libFuzzer harnesses, ${FUZZ_SECONDS:-60}s each ==="
     FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash tests/fuzz/run.sh
