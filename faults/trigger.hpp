@@ -23,6 +23,9 @@ class LiteralMatcher {
     explicit LiteralMatcher(std::string needle);
     // Offset just past the first match completed in [data, data+len), or npos.
     size_t feed(const char* data, size_t len);
+    // The whole matching state, for Trigger::save/restore.
+    size_t state() const { return state_; }
+    void set_state(size_t s) { state_ = s; }
 
   private:
     // KMP over [data, data+len) from the current state.
@@ -85,6 +88,28 @@ class Trigger {
     };
     // Feed a chunk of the watched direction.
     Step feed(const char* data, size_t len);
+
+    // Everything feed() changes, for a trigger without a `line` regex (whose line buffer is not
+    // worth copying): a chunk can be fed speculatively and undone if another rule's fault
+    // fires earlier in it, without copying the trigger.
+    struct Saved {
+        Phase phase;
+        uint64_t counted;
+        bool want_timer;
+        bool time_ok;
+        size_t literal_state;
+    };
+    bool can_save() const { return !line_.has_value(); }
+    Saved save() const {
+        return {phase_, counted_, want_timer_, time_ok_, literal_ ? literal_->state() : 0};
+    }
+    void restore(const Saved& s) {
+        phase_ = s.phase;
+        counted_ = s.counted;
+        want_timer_ = s.want_timer;
+        time_ok_ = s.time_ok;
+        if (literal_) literal_->set_state(s.literal_state);
+    }
 
     // The `after` timer expired. Returns true if the fault fires now.
     bool time_reached();

@@ -185,6 +185,8 @@ class Session {
     uint64_t ordinal_ = 0;
     sockaddr_storage peer_{};
     std::vector<size_t> pending_fire_;
+    // Trigger states saved by scan() for a rollback; kept to reuse its capacity.
+    std::vector<std::pair<size_t, faults::Trigger::Saved>> saved_;
     int watching_[2] = {0, 0};  // rules whose trigger reads upstream / downstream bytes
     faults::SplitMix64 rng_;
     uv_timer_t fault_timer_{};

@@ -115,15 +115,24 @@ void Session::recount_watchers() {
 }
 
 Session::ScanResult Session::scan(config::Direction dir, const char* p, size_t n) {
-    // First find the earliest event on copies, then advance the real triggers exactly that
-    // far, so a trigger never counts bytes that a fault firing earlier holds or discards.
+    // First find the earliest event, then advance the triggers exactly that far, so a trigger
+    // never counts bytes that a fault firing earlier holds or discards. Triggers that can save
+    // their state are fed for real and rolled back only when something fires or holds inside
+    // the chunk (rare): a chunk no rule acts on is scanned once, with no copy. `line`
+    // triggers are probed on copies.
     size_t best = n;
     bool any = false;
     bool hold = false;
-    for (auto& r : rules_) {
-        if (!r.trigger.watches(dir)) continue;
-        faults::Trigger probe = r.trigger;
-        auto step = probe.feed(p, n);
+    saved_.clear();
+    for (size_t i = 0; i < rules_.size(); ++i) {
+        faults::Trigger& t = rules_[i].trigger;
+        if (!t.watches(dir)) continue;
+        std::optional<faults::Trigger> copy;
+        if (t.can_save())
+            saved_.emplace_back(i, t.save());
+        else
+            copy.emplace(t);
+        auto step = copy ? copy->feed(p, n) : t.feed(p, n);
         if ((step.fire || step.hold) &&
             (!any || step.pass < best || (step.pass == best && step.fire))) {
             best = step.pass;
@@ -131,6 +140,15 @@ Session::ScanResult Session::scan(config::Direction dir, const char* p, size_t n
             hold = step.hold && !step.fire;
         }
     }
+    if (!any) {
+        // Nothing fires or holds: the saveable triggers have taken the whole chunk already.
+        for (auto& r : rules_)
+            if (r.trigger.watches(dir) && !r.trigger.can_save()) r.trigger.feed(p, n);
+        arm_rule_timers();
+        recount_watchers();
+        return {n, false, false};
+    }
+    for (const auto& [i, state] : saved_) rules_[i].trigger.restore(state);
     for (size_t i = 0; i < rules_.size(); ++i) {
         auto& r = rules_[i];
         if (!r.trigger.watches(dir)) continue;
@@ -139,7 +157,6 @@ Session::ScanResult Session::scan(config::Direction dir, const char* p, size_t n
     }
     arm_rule_timers();
     recount_watchers();
-    if (!any) return {n, false, false};
     return {best, !pending_fire_.empty(), hold && pending_fire_.empty()};
 }
 

@@ -186,3 +186,30 @@ def test_limit_caps_injections(tcpfault, servers):
     assert got == ["reset", "reset", "ok", "ok", "ok"], got
     proxy.wait_for_log("fault injected", rule="r", count=2, timeout=5)
     assert len(proxy.find_logs("fault injected", rule="r")) == 2
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mark_at,order", [(3000, ["mark", "bytes"]), (7000, ["bytes", "mark"])])
+def test_several_triggers_in_one_chunk_fire_in_stream_order(tcpfault, servers, sockets,
+                                                            mark_at, order):
+    """Three rules watch the same stream and the client's bytes arrive together. The proxy
+    feeds the triggers speculatively and rolls them back to the earliest event: each rule
+    fires once, in stream order, at its own byte position, and none is lost or counts twice.
+    (Latency faults, so the stream goes on after each.)"""
+    rec = Recorder(servers)
+    proxy = start_proxy(tcpfault, rec.addr, [
+        "{name: bytes, when: {after_bytes: 5000}, "
+        "fault: {type: latency, delay: 1ms, direction: upstream}}",
+        "{name: mark, when: {data: MARK}, "
+        "fault: {type: latency, delay: 1ms, direction: upstream}}",
+        "{name: line, when: {line: '^never'}, fault: {type: reset}}"])
+    payload = bytearray(b"x" * 10_000)
+    payload[mark_at:mark_at + 4] = b"MARK"
+    c = connect(proxy.addr())
+    sockets.append(c)
+    c.sendall(payload)
+    rec.wait_data(1, bytes(payload))
+    proxy.wait_for_log("fault injected", count=2, timeout=5)
+    fired = [(x["rule"], x["bytes_up"]) for x in proxy.find_logs("fault injected")]
+    at = {"mark": mark_at + 4, "bytes": 5000}
+    assert fired == [(name, at[name]) for name in order], f"rules fired (rule, bytes): {fired}"
