@@ -20,6 +20,14 @@ from helpers import connect, read_outcome, recv_exact, run_threads
 KiB = 1024
 
 
+def start_two_loops(tcpfault, upstream: str, rules: list[str] = ()):
+    """tcpfault with `workers: 2`, the admin API and one proxy "p"; (process, api, address)."""
+    proxy = {"name": "p", "upstream": upstream, "rules": list(rules)}
+    p, api = start_with_admin(tcpfault, [proxy], top_extra="workers: 2")
+    p.wait_for_log("workers started", workers=2)
+    return p, api, p.addr("p")
+
+
 def echo_ok(s: socket.socket, payload: bytes = b"ping", timeout: float = 5.0) -> None:
     s.sendall(payload)
     assert recv_exact(s, len(payload), timeout=timeout) == payload
@@ -87,9 +95,7 @@ def open_spread(api, addr, proxy: str, want: int = 24, limit: int = 200) -> list
 @pytest.mark.timeout(60)
 def test_streams_spread_over_two_loops_with_bytes_intact(tcpfault, servers):
     echo = servers.echo()
-    p, api = start_with_admin(tcpfault, [{"name": "p", "upstream": echo.addr}], top_extra="workers: 2")
-    p.wait_for_log("workers started", workers=2)
-    addr = p.addr("p")
+    p, api, addr = start_two_loops(tcpfault, echo.addr)
     n, size = 32, 256 * KiB
     conns = [connect(addr) for _ in range(n)]
     try:
@@ -154,10 +160,8 @@ def test_connection_ordinals_and_limit_count_across_loops(tcpfault, servers):
 @pytest.mark.timeout(60)
 def test_cap_slots_are_shared_and_handed_over_fifo_between_loops(tcpfault, servers):
     echo = servers.echo()
-    p, api = start_with_admin(tcpfault, [
-        {"name": "p", "upstream": echo.addr,
-         "rules": ["{name: cap, fault: {type: cap, max: 2, over: hold}}"]}], top_extra="workers: 2")
-    addr = p.addr("p")
+    p, api, addr = start_two_loops(tcpfault, echo.addr,
+                                   ["{name: cap, fault: {type: cap, max: 2, over: hold}}"])
     holders = [connect(addr), connect(addr)]
     waiters = []
     try:
@@ -195,8 +199,7 @@ def test_cap_slots_are_shared_and_handed_over_fifo_between_loops(tcpfault, serve
 @pytest.mark.timeout(60)
 def test_runtime_rule_and_restart_act_on_every_loop_before_the_call_returns(tcpfault, servers):
     echo = servers.echo()
-    p, api = start_with_admin(tcpfault, [{"name": "p", "upstream": echo.addr}], top_extra="workers: 2")
-    addr = p.addr("p")
+    p, api, addr = start_two_loops(tcpfault, echo.addr)
     conns = open_spread(api, addr, "p")
     try:
         api.ok_json("POST", "/api/proxies/p/rules",
@@ -234,10 +237,8 @@ def test_runtime_rule_and_restart_act_on_every_loop_before_the_call_returns(tcpf
 @pytest.mark.timeout(60)
 def test_refuse_closes_and_reopens_every_listener(tcpfault, servers):
     echo = servers.echo()
-    p, api = start_with_admin(tcpfault, [
-        {"name": "p", "upstream": echo.addr,
-         "rules": ["{name: down, enabled: false, fault: {type: refuse}}"]}], top_extra="workers: 2")
-    addr = p.addr("p")
+    p, api, addr = start_two_loops(tcpfault, echo.addr,
+                                   ["{name: down, enabled: false, fault: {type: refuse}}"])
     assert [outcome_of_one_exchange(addr) for _ in range(8)] == ["echo"] * 8
     api.ok_json("POST", "/api/proxies/p/rules/down/enable")
     got = [outcome_of_one_exchange(addr) for _ in range(24)]
@@ -250,7 +251,8 @@ def test_refuse_closes_and_reopens_every_listener(tcpfault, servers):
 @pytest.mark.timeout(30)
 def test_workers_auto_is_one_loop_per_core(tcpfault, servers):
     echo = servers.echo()
-    p, _ = start_with_admin(tcpfault, [{"name": "p", "upstream": echo.addr}], top_extra="workers: auto")
+    p, _ = start_with_admin(tcpfault, [{"name": "p", "upstream": echo.addr}],
+                            top_extra="workers: auto")
     if (os.cpu_count() or 1) > 1:
         p.wait_for_log("workers started", workers=os.cpu_count())
     assert outcome_of_one_exchange(p.addr("p")) == "echo"
