@@ -48,12 +48,27 @@ TEST_CASE("literal matcher handles self-overlapping needles byte by byte") {
 TEST_CASE("literal matcher agrees with a plain search for every match, over random chunkings") {
     // Small alphabets make partial and overlapping matches common, across chunk edges too.
     std::mt19937 rng(7);
-    const char* needles[] = {"a", "ab", "aab", "abab", "aaaa", "abcab", "abaabab", "bbbbbbba"};
+    // Needles shorter and longer than the 16-byte SIMD screen, streams long enough for many
+    // screened blocks and a tail.
+    const char* needles[] = {"a",
+                             "ab",
+                             "aab",
+                             "abab",
+                             "aaaa",
+                             "abcab",
+                             "abaabab",
+                             "bbbbbbba",
+                             "aabbcaabbcaabbcaa",
+                             "cbacbacbacbacbacbacbab"};
     for (const char* needle : needles) {
         const std::string n = needle;
         for (int round = 0; round < 200; ++round) {
-            std::string stream(std::uniform_int_distribution<size_t>(0, 300)(rng), 'a');
+            std::string stream(
+                std::uniform_int_distribution<size_t>(0, round % 4 ? 300 : 3000)(rng), 'a');
             for (char& c : stream) c = "aabbc"[rng() % 5];
+            // Long needles almost never occur by chance: plant a few.
+            for (int k = round % 3; k > 0 && stream.size() > n.size(); --k)
+                stream.replace(rng() % (stream.size() - n.size()), n.size(), n);
             // Every match end, as a naive scan sees them (overlaps included).
             std::vector<size_t> want;
             for (size_t i = 0; i + n.size() <= stream.size(); ++i)
@@ -62,8 +77,8 @@ TEST_CASE("literal matcher agrees with a plain search for every match, over rand
             std::vector<size_t> got;
             size_t pos = 0;
             while (pos < stream.size()) {
-                size_t len = std::min(stream.size() - pos,
-                                      std::uniform_int_distribution<size_t>(1, 20)(rng));
+                size_t len = std::min(stream.size() - pos, std::uniform_int_distribution<size_t>(
+                                                               1, round % 2 ? 20 : 700)(rng));
                 size_t hit = m.feed(stream.data() + pos, len);
                 if (hit == Trigger::npos) {
                     pos += len;
