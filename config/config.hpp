@@ -117,6 +117,9 @@ struct StallFault {
     std::optional<Duration> duration;  // none: forever
     Mode mode = Mode::hold;
     Then then = Then::resume;
+    // Not in the YAML schema: set for Toxiproxy's `timeout` toxic, which drops data but lets
+    // the stream's close (FIN or RST) through, where a stall's blackhole swallows it.
+    bool pass_close = false;
 };
 struct LatencyFault {
     Duration delay{0};

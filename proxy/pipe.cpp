@@ -82,7 +82,7 @@ void Pipe::on_read(Chunk& chunk, ssize_t nread) {
     }
     // ECONNRESET and friends: the source is gone abruptly. Mirror it, never turn it into a FIN;
     // a blackhole swallows it like any segment, until the stall ends.
-    if (mode_ == Mode::forward && stall_drops_ > 0 && !session_.ending()) {
+    if (mode_ == Mode::forward && stall_drops_ > 0 && !close_passes() && !session_.ending()) {
         source_eof_ = true;  // nothing more comes from this socket
         source_error_ = static_cast<int>(nread);
         session_.trace(dir_ == config::Direction::upstream ? "client reset held by stall"
@@ -271,17 +271,21 @@ void Pipe::set_slice(uint64_t min_size, uint64_t max_size, config::Duration dela
     slice_delay_ms_ = static_cast<uint64_t>((delay.count() + 999) / 1000);
 }
 
-void Pipe::stall(config::StallFault::Mode mode) {
-    if (mode == config::StallFault::Mode::hold)
+void Pipe::stall(config::StallFault::Mode mode, bool pass_close) {
+    if (mode == config::StallFault::Mode::hold) {
         ++stall_holds_;
-    else
+    } else {
         ++stall_drops_;
+        if (pass_close) ++stall_passing_;
+    }
     apply_stall_reading();
 }
 
-void Pipe::unstall(config::StallFault::Mode mode) {
+void Pipe::unstall(config::StallFault::Mode mode, bool pass_close) {
     int& n = mode == config::StallFault::Mode::hold ? stall_holds_ : stall_drops_;
     if (n > 0) --n;
+    if (mode == config::StallFault::Mode::drop && pass_close && stall_passing_ > 0)
+        --stall_passing_;
     if (!stalled() && source_error_ != 0 && mode_ == Mode::forward) {
         session_.on_peer_reset(source_, source_error_);
         return;
@@ -349,7 +353,9 @@ void Pipe::maybe_pass_fin() {
     if (!source_eof_ || source_error_ != 0 || mode_ != Mode::forward || sink_.fin_requested() ||
         !sink_.usable())
         return;
-    if (sink_.queued_bytes() != 0 || held_bytes() != 0 || stalled() || holding_for_trigger_) return;
+    if (sink_.queued_bytes() != 0 || held_bytes() != 0 || (stalled() && !close_passes()) ||
+        holding_for_trigger_)
+        return;
     if (fin_delay_ms_ > 0) {
         uint64_t now = uv_now(session_.loop());
         if (fin_due_ms_ == 0) fin_due_ms_ = now + fin_delay_ms_;

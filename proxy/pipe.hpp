@@ -69,9 +69,15 @@ class Pipe {
     // one direction, and it moves again only once each of them has ended (unstall with the
     // same mode). While any drop stall is on, arriving bytes are discarded. Bytes read before
     // the stall, and a FIN or RST it swallowed, are passed on when the last stall ends.
-    void stall(config::StallFault::Mode mode);
-    void unstall(config::StallFault::Mode mode);
+    // `pass_close`: a drop stall that lets the source's FIN or RST through (Toxiproxy's
+    // timeout toxic); it applies while every stall on this direction is such a one.
+    void stall(config::StallFault::Mode mode, bool pass_close = false);
+    void unstall(config::StallFault::Mode mode, bool pass_close = false);
     bool stalled() const { return stall_holds_ + stall_drops_ > 0; }
+    // Only drop stalls that let the close through hold this direction.
+    bool close_passes() const {
+        return stall_holds_ == 0 && stall_drops_ > 0 && stall_passing_ == stall_drops_;
+    }
     // A reset or close fault ends the stream. Bytes behind a trigger's hold point were never
     // let through and are dropped; bytes a shaping fault already let through (latency,
     // bandwidth, slice) are still delivered when `keep_shaped`, unless a stall holds them.
@@ -138,6 +144,7 @@ class Pipe {
     bool slice_wait_ = false;  // a slice delay is running
     int stall_holds_ = 0;      // stalls (hold) in force on this direction
     int stall_drops_ = 0;      // stalls (drop) in force on this direction
+    int stall_passing_ = 0;    // of those, the ones that let a FIN or RST through
     int source_error_ = 0;     // a RST (libuv error) from the source that a drop stall swallowed
     bool fin_wanted_ = false;
     uint64_t fin_delay_ms_ = 0;

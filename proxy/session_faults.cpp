@@ -431,7 +431,7 @@ void Session::fault_stall(const config::StallFault& f, size_t rule) {
         deadline =
             now + std::max<uint64_t>(1, static_cast<uint64_t>((f.duration->count() + 999) / 1000));
     stalls_.push_back(ActiveStall{f, rule, deadline});
-    each_pipe(f.direction, [&](Pipe& p) { p.stall(f.mode); });
+    each_pipe(f.direction, [&](Pipe& p) { p.stall(f.mode, f.pass_close); });
     if (deadline == 0 && stall_check_ == 0) stall_check_ = now + kStallCheckMs;
     rearm_fault_timer();
 }
@@ -451,7 +451,7 @@ void Session::end_stall(size_t k) {
         case config::StallFault::Then::resume:
             // Lifts this stall only: another one may still hold either direction.
             each_pipe(f.direction, [&](Pipe& p) {
-                if (!ending()) p.unstall(f.mode);
+                if (!ending()) p.unstall(f.mode, f.pass_close);
             });
             break;
         case config::StallFault::Then::reset:

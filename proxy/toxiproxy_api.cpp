@@ -709,9 +709,11 @@ config::Rule ToxiproxyApi::to_rule(const Toxic& t) {
         r.fault = f;
     } else if (type == "timeout") {
         // Data in the stream is dropped; after `timeout` the connection is closed; 0: never.
+        // The stream's own close still goes through, as in Toxiproxy.
         config::StallFault f;
         f.direction = dir;
         f.mode = config::StallFault::Mode::drop;
+        f.pass_close = true;
         int64_t timeout = attr(t, "timeout");
         if (timeout > 0) {
             f.duration = ms(timeout);

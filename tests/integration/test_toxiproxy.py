@@ -10,6 +10,7 @@ tests/toxiproxy/package.json). Without node and npm the node test is skipped.
 from __future__ import annotations
 
 import fcntl
+import socket
 import os
 import shutil
 import subprocess
@@ -185,3 +186,36 @@ def test_error_bodies(tcpfault):
     r = toxi.get("/proxies", headers={"User-Agent": "Mozilla/5.0"})
     assert r.status == 403
     assert toxi.get("/proxies").json() == {}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("stream", ["downstream", "upstream"])
+def test_timeout_toxic_drops_data_but_passes_the_close(tcpfault, servers, stream):
+    """Toxiproxy's `timeout` toxic (timeout 0: forever) drops the stream's data, but when the
+    side that sends on that stream closes, the close goes through, as in Toxiproxy, where a
+    YAML `stall` (drop) swallows it (tests/integration/test_faults_stall.py)."""
+    srv = servers.tcp()
+    p = tcpfault.from_config(toxiproxy_yaml(), listening=0)
+    toxi = Admin(api_port(p))
+    r = toxi.post("/proxies", {"name": "t", "listen": "127.0.0.1:0", "upstream": srv.addr})
+    assert r.status == 201, r
+    r = toxi.post("/proxies/t/toxics", {"type": "timeout", "stream": stream,
+                                        "attributes": {"timeout": 0}})
+    assert r.status == 200, r
+    c = connect(parse_addr(toxi.get("/proxies/t").json()["listen"]))
+    s = srv.wait_accepted(1)
+    try:
+        sender, receiver = (s, c) if stream == "downstream" else (c, s)
+        sender.sendall(b"dropped")
+        sender.shutdown(socket.SHUT_WR)
+        receiver.settimeout(5)
+        t0 = time.monotonic()
+        got = receiver.recv(100)
+        assert got == b"", f"the {stream} stream delivered {got!r}; expected EOF, data dropped"
+        assert time.monotonic() - t0 < 3, "the close came only after a long wait"
+        # The other stream is untouched.
+        receiver.sendall(b"back")
+        assert recv_exact(sender, 4, timeout=5) == b"back"
+    finally:
+        c.close()
+        s.close()
