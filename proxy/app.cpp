@@ -22,6 +22,11 @@ std::string join_errors(const std::vector<config::Diagnostic>& errors) {
     return out;
 }
 
+// `workers: auto` (0) is one loop per core.
+unsigned resolve_workers(unsigned configured) {
+    return configured != 0 ? configured : std::max(1u, std::thread::hardware_concurrency());
+}
+
 bool same_listen(const config::Proxy& a, const config::Proxy& b) {
     return a.listen.host == b.listen.host && a.listen.port == b.listen.port;
 }
@@ -234,7 +239,7 @@ bool App::remove_proxy(const std::string& name) {
 }
 
 void App::start_workers() {
-    workers_ = cfg_.workers != 0 ? cfg_.workers : std::max(1u, std::thread::hardware_concurrency());
+    workers_ = resolve_workers(cfg_.workers);
     main_queue_ = std::make_unique<LoopQueue>(&loop_);
     pool_.main = main_queue_.get();
     pool_.on_idle = [this] { schedule_reap(); };
@@ -303,8 +308,7 @@ std::string App::reload() {
         return err;
     }
     metrics_.reload(true);
-    unsigned want = r.config->workers != 0 ? r.config->workers
-                                           : std::max(1u, std::thread::hardware_concurrency());
+    unsigned want = resolve_workers(r.config->workers);
     if (want != workers_)
         log::warn("workers changed in the file; it takes effect at the next start",
                   {{"running", workers_}, {"configured", want}});

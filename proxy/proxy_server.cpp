@@ -24,7 +24,11 @@ std::atomic<uint64_t> g_session_ids{0};
 
 ProxyServer::ProxyServer(uv_loop_t* loop, std::shared_ptr<const config::Proxy> cfg,
                          WorkerPool* pool)
-    : loop_(loop), cfg_(std::move(cfg)), pool_(pool), shared_(std::make_shared<ProxyShared>()) {}
+    : loop_(loop),
+      cfg_(std::move(cfg)),
+      pool_(pool),
+      queue_(pool != nullptr ? pool->main : nullptr),
+      shared_(std::make_shared<ProxyShared>()) {}
 
 ProxyServer::~ProxyServer() {
     for (auto& r : replicas_) {
@@ -32,10 +36,10 @@ ProxyServer::~ProxyServer() {
         r.worker->queue().run_sync([&r] { r.server.reset(); });
     }
     std::lock_guard<std::mutex> lock(shared_->mu);
-    std::erase_if(shared_->instances, [this](const auto& i) { return i.first == this; });
+    std::erase(shared_->instances, this);
 }
 
-void ProxyServer::become_replica_of(const ProxyServer& primary) {
+void ProxyServer::become_replica_of(const ProxyServer& primary, Worker& worker) {
     replica_ = true;
     shared_ = primary.shared_;
     seed_ = primary.seed_;
@@ -46,13 +50,10 @@ void ProxyServer::become_replica_of(const ProxyServer& primary) {
     WorkerPool* pool = primary.pool_;
     // Whatever a replica frees, the main loop may now be able to reap its primary.
     on_idle_ = [pool] { pool->main->post(pool->on_idle); };
-    for (const auto& w : pool->workers)
-        if (w->loop() == loop_) {
-            queue_ = &w->queue();
-            worker_ = w->index();
-        }
+    queue_ = &worker.queue();
+    worker_ = worker.index();
     std::lock_guard<std::mutex> lock(shared_->mu);
-    shared_->instances.emplace_back(this, queue_);
+    shared_->instances.push_back(this);
 }
 
 void ProxyServer::each_replica(const std::function<void(ProxyServer&)>& fn) const {
@@ -82,7 +83,7 @@ int ProxyServer::listen() {
     if (pool_ != nullptr && !pool_->workers.empty()) {
         {
             std::lock_guard<std::mutex> lock(shared_->mu);
-            shared_->instances.emplace_back(this, pool_->main);
+            shared_->instances.push_back(this);
         }
         // Replicas bind the port the primary got (port 0 included), beside it.
         for (auto& w : pool_->workers) {
@@ -90,7 +91,7 @@ int ProxyServer::listen() {
             std::unique_ptr<ProxyServer> r;
             w->queue().run_sync([&] {
                 r = std::make_unique<ProxyServer>(worker->loop(), cfg_);
-                r->become_replica_of(*this);
+                r->become_replica_of(*this, *worker);
                 err = r->open_listener();
                 if (err != 0) r->stop_accepting();
             });
@@ -379,8 +380,7 @@ ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* clie
         if (cap->over == config::CapFault::Over::hold) {
             {
                 std::lock_guard<std::mutex> lock(shared_->mu);
-                shared_->cap_waiting[rule.name].push_back(
-                    ProxyShared::Held{this, pool_ != nullptr ? pool_->main : queue_, s.id()});
+                shared_->cap_waiting[rule.name].push_back(ProxyShared::Held{this, queue_, s.id()});
             }
             // Logged once queued: a client that saw the line and connects again (maybe on
             // another loop) queues behind this one.
@@ -474,8 +474,8 @@ void ProxyServer::release_slots(const std::vector<std::string>& rules) {
                 // Instances are freed on their own loop (this thread): still listed, still
                 // alive.
                 std::lock_guard<std::mutex> lock(shared->mu);
-                live = std::any_of(shared->instances.begin(), shared->instances.end(),
-                                   [&](const auto& i) { return i.first == held.server; });
+                live = std::find(shared->instances.begin(), shared->instances.end(), held.server) !=
+                       shared->instances.end();
             }
             if (live) held.server->admit_held(name, held.session);
         });

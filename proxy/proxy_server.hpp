@@ -49,7 +49,7 @@ struct ProxyShared {
     };
     std::unordered_map<std::string, std::deque<Held>> cap_waiting;
     // Each live instance, so a task posted to another loop can tell it is still there.
-    std::vector<std::pair<ProxyServer*, LoopQueue*>> instances;
+    std::vector<ProxyServer*> instances;
 };
 
 class ProxyServer {
@@ -144,7 +144,7 @@ class ProxyServer {
     // Listener wanted open (true) or closed (refuse, restart); on every instance.
     void set_accepting(bool on);
     void each_replica(const std::function<void(ProxyServer&)>& fn) const;
-    void become_replica_of(const ProxyServer& primary);
+    void become_replica_of(const ProxyServer& primary, Worker& worker);
     // Hands a freed cap slot (already counted as taken) to a held session of this instance.
     void admit_held(const std::string& rule, uint64_t id);
     bool local_finished() const {
@@ -163,7 +163,7 @@ class ProxyServer {
     WorkerPool* pool_;
     bool replica_ = false;
     unsigned worker_ = 0;
-    LoopQueue* queue_ = nullptr;     // this loop's, for a replica (the primary's is pool_->main)
+    LoopQueue* queue_;  // this instance's loop's (the main loop's for a primary; null alone)
     std::vector<Replica> replicas_;  // primary only
     std::shared_ptr<ProxyShared> shared_;
     uv_tcp_t listener_{};
