@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <random>
 
-#include "proxy/endpoint.hpp"
+#include "net/endpoint.hpp"
+#include "net/uv_util.hpp"
 #include "proxy/session.hpp"
-#include "proxy/uv_util.hpp"
 
 namespace tcpfault {
 

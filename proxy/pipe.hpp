@@ -16,8 +16,8 @@
 #include <string>
 
 #include "config/config.hpp"
-#include "faults/ftp_rewrite.hpp"
-#include "proxy/buffer_pool.hpp"
+#include "ftp/ftp_rewrite.hpp"
+#include "net/buffer_pool.hpp"
 
 namespace tcpfault {
 

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "faults/rule_matcher.hpp"
-#include "proxy/clock.hpp"
-#include "proxy/log.hpp"
-#include "proxy/uv_util.hpp"
+#include "net/uv_util.hpp"
+#include "observe/clock.hpp"
+#include "observe/log.hpp"
 
 namespace tcpfault {
 

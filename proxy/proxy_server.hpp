@@ -24,10 +24,10 @@
 #include <vector>
 
 #include "config/config.hpp"
-#include "proxy/ftp_data_listener.hpp"
-#include "proxy/metrics.hpp"
+#include "ftp/ftp_data_listener.hpp"
+#include "net/worker.hpp"
+#include "observe/metrics.hpp"
 #include "proxy/session.hpp"
-#include "proxy/worker.hpp"
 
 namespace tcpfault {
 
@@ -52,7 +52,7 @@ struct ProxyShared {
     std::vector<ProxyServer*> instances;
 };
 
-class ProxyServer {
+class ProxyServer : public FtpDataListener::Owner {
   public:
     // `pool` null or without workers: a single instance on `loop`.
     ProxyServer(uv_loop_t* loop, std::shared_ptr<const config::Proxy> cfg,
@@ -86,7 +86,7 @@ class ProxyServer {
     // Made over an API rather than by the file: a reload leaves it alone.
     void set_created_at_runtime() { created_at_runtime_ = true; }
     bool created_at_runtime() const { return created_at_runtime_; }
-    const std::string& name() const { return cfg_->name; }
+    const std::string& name() const override { return cfg_->name; }
     uv_loop_t* loop() const { return loop_; }
     // 0 for the main loop's instance, else the worker loop's number.
     unsigned worker() const { return worker_; }
@@ -105,8 +105,8 @@ class ProxyServer {
     std::string open_ftp_data(const sockaddr_storage& bind, const sockaddr_storage& target,
                               bool accepted_is_server, sockaddr_storage* bound);
     void accept_data(uv_stream_t* listener, const sockaddr_storage& target,
-                     bool accepted_is_server);
-    void data_listener_closed(uint64_t id);
+                     bool accepted_is_server) override;
+    void data_listener_closed(uint64_t id) override;
 
     // Rules: matching at accept, and injection counting (for `limit` and metrics).
     void set_seed(uint64_t seed) { seed_ = seed; }  // before listen()
@@ -122,7 +122,7 @@ class ProxyServer {
     // Session callbacks.
     void session_finished(uint64_t id);
     void count_bytes(config::Direction dir, size_t n);
-    void count_rejected(const char* reason);
+    void count_rejected(const char* reason) override;
     void count_upstream_error(const char* kind);
 
     // Metrics: series declared for this proxy and its rules; scrape-time values folded in.

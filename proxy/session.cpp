@@ -5,10 +5,9 @@
 
 #include <cstring>
 
-#include "proxy/ftp_control.hpp"
-#include "proxy/log.hpp"
+#include "net/uv_util.hpp"
+#include "observe/log.hpp"
 #include "proxy/proxy_server.hpp"
-#include "proxy/uv_util.hpp"
 
 namespace tcpfault {
 
@@ -50,8 +49,8 @@ Session::Session(ProxyServer& server, uint64_t id, std::shared_ptr<const config:
 
 Session::~Session() = default;
 
-bool Session::local_addr(Endpoint::Side side, sockaddr_storage* out) const {
-    const Endpoint& e = side == Endpoint::Side::client ? client_ : upstream_;
+bool Session::local_addr(bool client_side, sockaddr_storage* out) const {
+    const Endpoint& e = client_side ? client_ : upstream_;
     int len = sizeof *out;
     return e.usable() && uv_tcp_getsockname(const_cast<Endpoint&>(e).tcp(),
                                             reinterpret_cast<sockaddr*>(out), &len) == 0;
@@ -61,6 +60,11 @@ bool Session::server_peer_addr(sockaddr_storage* out) const {
     int len = sizeof *out;
     return upstream_.usable() && uv_tcp_getpeername(const_cast<Endpoint&>(upstream_).tcp(),
                                                     reinterpret_cast<sockaddr*>(out), &len) == 0;
+}
+
+std::string Session::open_ftp_data(const sockaddr_storage& bind, const sockaddr_storage& target,
+                                   bool accepted_is_server, sockaddr_storage* bound) {
+    return server_.open_ftp_data(bind, target, accepted_is_server, bound);
 }
 
 void Session::accept(uv_stream_t* listener) {

@@ -17,14 +17,15 @@
 #include "config/config.hpp"
 #include "faults/rule_matcher.hpp"
 #include "faults/trigger.hpp"
-#include "proxy/endpoint.hpp"
+#include "ftp/ftp_control.hpp"
+#include "net/endpoint.hpp"
 #include "proxy/pipe.hpp"
 
 namespace tcpfault {
 
 class ProxyServer;
 
-class Session {
+class Session : public FtpControl::Host {
   public:
     // An FTP data connection: the target address comes from the control channel, and in
     // active mode the socket we accept is the server's and we connect out to the client.
@@ -39,7 +40,8 @@ class Session {
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
 
-    uint64_t id() const { return id_; }
+    uint64_t id() const override { return id_; }
+    const std::string& proxy_name() const override { return cfg_->name; }
     const std::string& client_addr() const { return client_addr_; }
     uint64_t bytes_up() const { return up_.bytes(); }
     uint64_t bytes_down() const { return down_.bytes(); }
@@ -75,8 +77,10 @@ class Session {
     config::Channel channel() const { return channel_; }
     // The local address of the client-facing / server-facing socket (FTP data listeners bind
     // there, so the address written into PASV/PORT is one the peer can reach).
-    bool local_addr(Endpoint::Side side, sockaddr_storage* out) const;
-    bool server_peer_addr(sockaddr_storage* out) const;
+    bool local_addr(bool client_side, sockaddr_storage* out) const override;
+    bool server_peer_addr(sockaddr_storage* out) const override;
+    std::string open_ftp_data(const sockaddr_storage& bind, const sockaddr_storage& target,
+                              bool accepted_is_server, sockaddr_storage* bound) override;
     std::vector<std::string> rule_names() const {
         std::vector<std::string> out;
         for (const auto& r : rules_) out.push_back(r.rule->name);
@@ -167,7 +171,7 @@ class Session {
     Endpoint* outgoing_ = &upstream_;
     std::optional<DataTarget> data_;
     config::Channel channel_ = config::Channel::any;
-    std::unique_ptr<class FtpControl> ftp_;
+    std::unique_ptr<FtpControl> ftp_;
     Pipe up_{*this, client_, upstream_, config::Direction::upstream};
     Pipe down_{*this, upstream_, client_, config::Direction::downstream};
 

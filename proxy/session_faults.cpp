@@ -7,10 +7,10 @@
 
 #include <algorithm>
 
-#include "proxy/log.hpp"
+#include "net/uv_util.hpp"
+#include "observe/log.hpp"
 #include "proxy/proxy_server.hpp"
 #include "proxy/session.hpp"
-#include "proxy/uv_util.hpp"
 
 namespace tcpfault {
 

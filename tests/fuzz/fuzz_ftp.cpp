@@ -14,7 +14,7 @@
 #include <string>
 #include <string_view>
 
-#include "faults/ftp_rewrite.hpp"
+#include "ftp/ftp_rewrite.hpp"
 #include "fuzz_common.hpp"
 
 using namespace tcpfault::faults;

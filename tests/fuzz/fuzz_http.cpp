@@ -17,10 +17,10 @@
 
 #include "config/config.hpp"
 #include "fuzz_common.hpp"
-#include "proxy/admin_api.hpp"
-#include "proxy/http_parser.hpp"
-#include "proxy/log.hpp"
-#include "proxy/metrics.hpp"
+#include "api/admin_api.hpp"
+#include "api/http_parser.hpp"
+#include "observe/log.hpp"
+#include "observe/metrics.hpp"
 
 using namespace tcpfault;
 

@@ -1,7 +1,7 @@
 #include <doctest/doctest.h>
 
 #include "config/config.hpp"
-#include "proxy/cli.hpp"
+#include "app/cli.hpp"
 
 using tcpfault::Options;
 using tcpfault::parse_cli;
@@ -51,7 +51,7 @@ TEST_CASE("cli: the quick proxy YAML quotes its values") {
           "proxies:\n  - name: main\n    listen: '[::1]:0'\n    upstream: 'it''s:1'\n");
 }
 
-#include "proxy/log.hpp"
+#include "observe/log.hpp"
 
 TEST_CASE("json_escape: output is valid UTF-8 JSON whatever the input bytes") {
     using tcpfault::log::json_escape;

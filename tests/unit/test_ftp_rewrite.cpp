@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "faults/ftp_rewrite.hpp"
+#include "ftp/ftp_rewrite.hpp"
 
 using namespace tcpfault::faults;
 

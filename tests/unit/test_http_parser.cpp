@@ -22,8 +22,8 @@
 
 #include <doctest/doctest.h>
 
-#include "proxy/http_parser.hpp"
-#include "proxy/http_server.hpp"
+#include "api/http_parser.hpp"
+#include "api/http_server.hpp"
 
 using tcpfault::HttpHandler;
 using tcpfault::HttpRequest;

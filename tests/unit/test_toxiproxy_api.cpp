@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "config/units.hpp"
-#include "proxy/log.hpp"
-#include "proxy/toxiproxy_api.hpp"
+#include "observe/log.hpp"
+#include "api/toxiproxy_api.hpp"
 
 using namespace tcpfault;
 using namespace std::chrono_literals;

@@ -9,13 +9,13 @@
 #include <vector>
 
 #include "config/config.hpp"
-#include "proxy/admin_api.hpp"
-#include "proxy/cli.hpp"
-#include "proxy/http_server.hpp"
-#include "proxy/metrics.hpp"
+#include "api/admin_api.hpp"
+#include "app/cli.hpp"
+#include "api/http_server.hpp"
+#include "observe/metrics.hpp"
 #include "proxy/proxy_server.hpp"
-#include "proxy/toxiproxy_api.hpp"
-#include "proxy/worker.hpp"
+#include "api/toxiproxy_api.hpp"
+#include "net/worker.hpp"
 
 namespace tcpfault {
 

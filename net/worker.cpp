@@ -1,8 +1,8 @@
-#include "proxy/worker.hpp"
+#include "net/worker.hpp"
 
 #include <future>
 
-#include "proxy/log.hpp"
+#include "observe/log.hpp"
 
 namespace tcpfault {
 

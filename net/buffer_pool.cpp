@@ -1,4 +1,4 @@
-#include "proxy/buffer_pool.hpp"
+#include "net/buffer_pool.hpp"
 
 namespace tcpfault {
 

@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "proxy/buffer_pool.hpp"
+#include "net/buffer_pool.hpp"
 
 namespace tcpfault {
 

@@ -1,4 +1,4 @@
-#include "proxy/toxiproxy_api.hpp"
+#include "api/toxiproxy_api.hpp"
 
 #include <algorithm>
 #include <charconv>
@@ -10,7 +10,7 @@
 #include <string_view>
 
 #include "config/units.hpp"
-#include "proxy/log.hpp"
+#include "observe/log.hpp"
 
 namespace tcpfault {
 

@@ -12,13 +12,26 @@
 
 namespace tcpfault {
 
-class ProxyServer;
-
 class FtpDataListener {
   public:
     static constexpr uint64_t kTimeoutMs = 60000;
 
-    FtpDataListener(ProxyServer& owner, uint64_t id, const sockaddr_storage& target,
+    // What the listener reports to the proxy that opened it.
+    class Owner {
+      public:
+        virtual const std::string& name() const = 0;
+        // The connection to hand over as a data session (still pending on `listener`).
+        virtual void accept_data(uv_stream_t* listener, const sockaddr_storage& target,
+                                 bool accepted_is_server) = 0;
+        virtual void count_rejected(const char* reason) = 0;
+        // Both handles are closed: the owner may free the listener.
+        virtual void data_listener_closed(uint64_t id) = 0;
+
+      protected:
+        ~Owner() = default;
+    };
+
+    FtpDataListener(Owner& owner, uint64_t id, const sockaddr_storage& target,
                     bool accepted_is_server)
         : owner_(owner), id_(id), target_(target), accepted_is_server_(accepted_is_server) {}
     FtpDataListener(const FtpDataListener&) = delete;
@@ -33,7 +46,7 @@ class FtpDataListener {
     static void on_timeout(uv_timer_t* t);
     static void on_closed(uv_handle_t* h);
 
-    ProxyServer& owner_;
+    Owner& owner_;
     uint64_t id_;
     sockaddr_storage target_;
     bool accepted_is_server_;

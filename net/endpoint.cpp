@@ -1,11 +1,11 @@
-#include "proxy/endpoint.hpp"
+#include "net/endpoint.hpp"
 
 #include <cstring>
 #include <memory>
 
+#include "net/uv_util.hpp"
 #include "proxy/pipe.hpp"
 #include "proxy/session.hpp"
-#include "proxy/uv_util.hpp"
 
 namespace tcpfault {
 

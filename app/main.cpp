@@ -2,9 +2,9 @@
 #include <string>
 #include <vector>
 
+#include "app/app.hpp"
+#include "app/cli.hpp"
 #include "config/config.hpp"
-#include "proxy/app.hpp"
-#include "proxy/cli.hpp"
 
 int main(int argc, char** argv) {
     using tcpfault::Options;

@@ -1,4 +1,4 @@
-#include "proxy/metrics.hpp"
+#include "observe/metrics.hpp"
 
 #include <prometheus/text_serializer.h>
 

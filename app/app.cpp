@@ -1,4 +1,4 @@
-#include "proxy/app.hpp"
+#include "app/app.hpp"
 
 #include <algorithm>
 #include <csignal>
@@ -6,9 +6,9 @@
 #include <thread>
 
 #include "config/units.hpp"
-#include "proxy/clock.hpp"
-#include "proxy/log.hpp"
-#include "proxy/uv_util.hpp"
+#include "net/uv_util.hpp"
+#include "observe/clock.hpp"
+#include "observe/log.hpp"
 
 namespace tcpfault {
 

@@ -34,7 +34,7 @@
 #include <utility>
 #include <vector>
 
-#include "proxy/http_parser.hpp"
+#include "api/http_parser.hpp"
 
 namespace tcpfault {
 

@@ -1,10 +1,9 @@
-#include "proxy/ftp_data_listener.hpp"
+#include "ftp/ftp_data_listener.hpp"
 
 #include <netinet/in.h>
 
-#include "proxy/log.hpp"
-#include "proxy/proxy_server.hpp"
-#include "proxy/uv_util.hpp"
+#include "net/uv_util.hpp"
+#include "observe/log.hpp"
 
 namespace tcpfault {
 

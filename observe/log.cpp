@@ -1,4 +1,4 @@
-#include "proxy/log.hpp"
+#include "observe/log.hpp"
 
 #include <sys/time.h>
 #include <unistd.h>

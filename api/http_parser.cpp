@@ -1,4 +1,4 @@
-#include "proxy/http_parser.hpp"
+#include "api/http_parser.hpp"
 
 #include <limits>
 #include <optional>

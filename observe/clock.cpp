@@ -1,4 +1,4 @@
-#include "proxy/clock.hpp"
+#include "observe/clock.hpp"
 
 #include <uv.h>
 

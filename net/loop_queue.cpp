@@ -1,4 +1,4 @@
-#include "proxy/loop_queue.hpp"
+#include "net/loop_queue.hpp"
 
 #include <future>
 

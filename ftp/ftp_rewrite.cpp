@@ -1,4 +1,4 @@
-#include "faults/ftp_rewrite.hpp"
+#include "ftp/ftp_rewrite.hpp"
 
 #include <arpa/inet.h>
 

@@ -1,4 +1,4 @@
-#include "proxy/http_server.hpp"
+#include "api/http_server.hpp"
 
 #include <netdb.h>
 #include <sys/socket.h>
@@ -7,9 +7,9 @@
 #include <cstring>
 #include <exception>
 
-#include "proxy/buffer_pool.hpp"
-#include "proxy/log.hpp"
-#include "proxy/uv_util.hpp"
+#include "net/buffer_pool.hpp"
+#include "net/uv_util.hpp"
+#include "observe/log.hpp"
 
 namespace tcpfault {
 

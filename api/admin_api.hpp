@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "proxy/http_parser.hpp"
-#include "proxy/http_server.hpp"
-#include "proxy/metrics.hpp"
+#include "api/http_parser.hpp"
+#include "api/http_server.hpp"
+#include "observe/metrics.hpp"
 #include "proxy/proxy_server.hpp"
 
 namespace tcpfault {

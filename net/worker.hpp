@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "proxy/loop_queue.hpp"
+#include "net/loop_queue.hpp"
 
 namespace tcpfault {
 

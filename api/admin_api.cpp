@@ -1,4 +1,4 @@
-#include "proxy/admin_api.hpp"
+#include "api/admin_api.hpp"
 
 #include <yaml-cpp/yaml.h>
 
@@ -7,8 +7,8 @@
 #include "config/units.hpp"
 #include "config/yaml_guard.hpp"
 #include "faults/rule_matcher.hpp"
-#include "proxy/clock.hpp"
-#include "proxy/log.hpp"
+#include "observe/clock.hpp"
+#include "observe/log.hpp"
 
 namespace tcpfault {
 

@@ -1,4 +1,4 @@
-#include "proxy/cli.hpp"
+#include "app/cli.hpp"
 
 namespace tcpfault {
 

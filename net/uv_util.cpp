@@ -1,4 +1,4 @@
-#include "proxy/uv_util.hpp"
+#include "net/uv_util.hpp"
 
 #include <arpa/inet.h>
 #include <linux/sockios.h>

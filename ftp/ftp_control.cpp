@@ -1,11 +1,9 @@
-#include "proxy/ftp_control.hpp"
+#include "ftp/ftp_control.hpp"
 
 #include <cstring>
 
-#include "proxy/log.hpp"
-#include "proxy/proxy_server.hpp"
-#include "proxy/session.hpp"
-#include "proxy/uv_util.hpp"
+#include "net/uv_util.hpp"
+#include "observe/log.hpp"
 
 namespace tcpfault {
 
@@ -20,13 +18,13 @@ std::string printable(std::string_view line) {
 }
 }  // namespace
 
-FtpControl::FtpControl(Session& s)
+FtpControl::FtpControl(Host& s)
     : session_(s),
       replies_([this](std::string_view l) { return on_reply(l); }),
       commands_([this](std::string_view l) { return on_command(l); }) {}
 
 void FtpControl::untouched(std::string_view what, std::string_view line, const std::string& why) {
-    log::warn("ftp: passed through unchanged", {{"proxy", session_.server().name()},
+    log::warn("ftp: passed through unchanged", {{"proxy", session_.proxy_name()},
                                                 {"conn", session_.id()},
                                                 {"what", what},
                                                 {"line", printable(line)},
@@ -67,19 +65,19 @@ std::string FtpControl::on_reply(std::string_view line) {
     }
     // Listen where the client reached us, so the address we hand it is one it can connect to.
     sockaddr_storage local{};
-    if (!session_.local_addr(Endpoint::Side::client, &local)) return std::string(line);
+    if (!session_.local_addr(true, &local)) return std::string(line);
     if (code == 227 && local.ss_family != AF_INET) {
         untouched("227 reply", line, "client is on IPv6, which PASV cannot express (use EPSV)");
         return std::string(line);
     }
     sockaddr_storage ours{};
-    std::string err = session_.server().open_ftp_data(local, target, false, &ours);
+    std::string err = session_.open_ftp_data(local, target, false, &ours);
     if (!err.empty()) {
         untouched("passive data", line, err);
         return std::string(line);
     }
     log::debug("ftp: passive data via proxy",
-               {{"proxy", session_.server().name()},
+               {{"proxy", session_.proxy_name()},
                 {"conn", session_.id()},
                 {"server_data", format_addr(reinterpret_cast<sockaddr*>(&target))},
                 {"proxy_data", format_addr(reinterpret_cast<sockaddr*>(&ours))}});
@@ -114,19 +112,19 @@ std::string FtpControl::on_command(std::string_view line) {
     }
     // Active mode: the server connects to us, on the address it reaches us by.
     sockaddr_storage local{};
-    if (!session_.local_addr(Endpoint::Side::server, &local)) return std::string(line);
+    if (!session_.local_addr(false, &local)) return std::string(line);
     if (port_cmd && local.ss_family != AF_INET) {
         untouched("PORT command", line, "server is on IPv6, which PORT cannot express");
         return std::string(line);
     }
     sockaddr_storage ours{};
-    std::string err = session_.server().open_ftp_data(local, target, true, &ours);
+    std::string err = session_.open_ftp_data(local, target, true, &ours);
     if (!err.empty()) {
         untouched("active data", line, err);
         return std::string(line);
     }
     log::debug("ftp: active data via proxy",
-               {{"proxy", session_.server().name()},
+               {{"proxy", session_.proxy_name()},
                 {"conn", session_.id()},
                 {"client_data", format_addr(reinterpret_cast<sockaddr*>(&target))},
                 {"proxy_data", format_addr(reinterpret_cast<sockaddr*>(&ours))}});

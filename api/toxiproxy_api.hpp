@@ -40,8 +40,8 @@
 #include <vector>
 
 #include "config/config.hpp"
-#include "proxy/http_parser.hpp"
-#include "proxy/http_server.hpp"
+#include "api/http_parser.hpp"
+#include "api/http_server.hpp"
 #include "proxy/proxy_server.hpp"
 
 namespace tcpfault {
