@@ -52,7 +52,7 @@ struct ProxyShared {
     std::vector<ProxyServer*> instances;
 };
 
-class ProxyServer : public FtpDataListener::Owner {
+class ProxyServer final : public FtpDataListener::Owner {
   public:
     // `pool` null or without workers: a single instance on `loop`.
     ProxyServer(uv_loop_t* loop, std::shared_ptr<const config::Proxy> cfg,

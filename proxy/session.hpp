@@ -25,7 +25,7 @@ namespace tcpfault {
 
 class ProxyServer;
 
-class Session : public FtpControl::Host {
+class Session final : public FtpControl::Host {
   public:
     // An FTP data connection: the target address comes from the control channel, and in
     // active mode the socket we accept is the server's and we connect out to the client.
