@@ -7,48 +7,18 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
-#include <regex>
 #include <string>
 #include <variant>
 #include <vector>
 
-struct sockaddr;
+#include "config/types.hpp"
+#include "faults/fault_list.hpp"
+
+namespace re2 {
+class RE2;
+}
 
 namespace tcpfault::config {
-
-// Microseconds: Toxiproxy's slicer speaks in µs, everything else is coarser.
-using Duration = std::chrono::microseconds;
-
-// 1-based position in the source text; 0 means "unknown" (e.g. built in code).
-struct Position {
-    int line = 0;
-    int col = 0;
-};
-
-struct HostPort {
-    std::string host;  // without brackets for IPv6 literals
-    uint16_t port = 0;
-    std::string str() const;  // "host:port", "[v6]:port"
-};
-
-// An IPv4 or IPv6 network. IPv4-mapped IPv6 client addresses (::ffff:a.b.c.d) match IPv4 CIDRs.
-struct Cidr {
-    bool v6 = false;
-    std::array<uint8_t, 16> addr{};  // v4 uses the first 4 bytes
-    int prefix = 0;
-    bool contains(const struct sockaddr* sa) const;
-    std::string str() const;
-};
-
-enum class LogLevel { error, warn, info, debug };
-enum class LogFormat { text, json };
-enum class Protocol { tcp, ftp };
-enum class OnUpstreamError { reset, close };
-enum class Channel { any, control, data };
-// upstream = client->server, downstream = server->client.
-enum class Direction { upstream, downstream, both };
-// Which side of the proxied connection a fault acts on.
-enum class Target { client, server, both };
 
 struct AdminConfig {
     bool enabled = true;  // false when listen is "off"
@@ -93,85 +63,35 @@ struct Match {
 };
 
 struct When {
-    Direction direction = Direction::upstream;  // only upstream|downstream are valid here
-    std::optional<std::string> data;            // literal bytes
-    std::optional<std::string> line;            // ECMAScript regex source text
-    std::shared_ptr<const std::regex> line_re;  // compiled from `line` when given
+    // The stream the conditions read. `both`: each direction is watched on its own, and the
+    // first to meet the conditions fires (one rule for an FTP upload or download).
+    Direction direction = Direction::upstream;
+    std::optional<std::string> data;          // literal bytes
+    std::optional<std::string> line;          // RE2 regex source text
+    std::shared_ptr<const re2::RE2> line_re;  // compiled from `line` when given
     std::optional<uint64_t> after_bytes;
     std::optional<Duration> after;
+    // Fire on the next byte that arrives once the other conditions hold (alone: the stream's
+    // first byte), without forwarding that byte or anything after it.
+    bool next_byte = false;
 };
 
-struct ResetFault {
-    Target to = Target::both;
-    bool flush = true;
-};
-struct CloseFault {
-    enum class Then { reset, discard };
-    Target to = Target::both;
-    Then then = Then::reset;
-};
-struct StallFault {
-    enum class Mode { hold, drop };
-    enum class Then { resume, reset, close };
-    Direction direction = Direction::both;
-    std::optional<Duration> duration;  // none: forever
-    Mode mode = Mode::hold;
-    Then then = Then::resume;
-    // Not in the YAML schema: set for Toxiproxy's `timeout` toxic, which drops data but lets
-    // the stream's close (FIN or RST) through, where a stall's blackhole swallows it.
-    bool pass_close = false;
-};
-struct LatencyFault {
-    Duration delay{0};
-    Duration jitter{0};
-    Direction direction = Direction::downstream;
-};
-struct BandwidthFault {
-    uint64_t rate = 0;  // bytes per second, > 0
-    Direction direction = Direction::downstream;
-};
-struct SliceFault {
-    uint64_t min_size = 1;  // `size: 4` gives min = max = 4; `size: 1-16` a range
-    uint64_t max_size = 1;
-    Duration delay{0};
-    Direction direction = Direction::both;
-};
-struct ClampFault {
-    Target side = Target::both;
-    std::optional<uint64_t> sndbuf;
-    std::optional<uint64_t> rcvbuf;
-    std::optional<uint64_t> window;
-    std::optional<uint64_t> mss;
-    std::optional<uint64_t> read_size;
-};
-struct CapFault {
-    enum class Over { reset, close, banner, hold };
-    uint64_t max = 0;
-    Over over = Over::reset;
-    std::string banner;  // required (non-empty) when over == banner
-};
-struct RefuseFault {};
-struct IdleFault {
-    enum class Action { reset, drop, close };
-    Duration timeout{0};
-    Action action = Action::reset;
-};
-struct RestartFault {
-    Duration downtime{0};
-};
-
-// Toxiproxy's slow_close: a FIN from the source is passed on only after `delay`.
-struct SlowCloseFault {
-    Duration delay{0};
-    Direction direction = Direction::both;
-};
-
-using FaultSpec =
-    std::variant<ResetFault, CloseFault, StallFault, LatencyFault, BandwidthFault, SliceFault,
-                 ClampFault, CapFault, RefuseFault, IdleFault, RestartFault, SlowCloseFault>;
-
-// The YAML name of a fault ("reset", "close", ...), as used in metric labels.
-const char* fault_name(const FaultSpec& f);
+// The fault kinds live in faults/ (one file each, listed in faults/fault_list.hpp); the
+// config layer names them too, as the parsed rule's `fault`.
+using faults::BandwidthFault;
+using faults::CapFault;
+using faults::ClampFault;
+using faults::CloseFault;
+using faults::fault_name;
+using faults::FaultSpec;
+using faults::IdleFault;
+using faults::LatencyFault;
+using faults::RefuseFault;
+using faults::ResetFault;
+using faults::RestartFault;
+using faults::SliceFault;
+using faults::SlowCloseFault;
+using faults::StallFault;
 
 struct Rule {
     std::string name;
@@ -191,6 +111,7 @@ struct Proxy {
     OnUpstreamError on_upstream_error = OnUpstreamError::reset;
     std::vector<Rule> rules;
     Position pos;
+    Position upstream_pos;  // of the `upstream` value, for messages
 };
 
 struct Config {
@@ -223,6 +144,10 @@ struct RuleResult {
 // Looks up an environment variable; injectable for tests.
 using EnvLookup = std::optional<std::string> (*)(const std::string& name);
 std::optional<std::string> process_env(const std::string& name);
+
+// "" or why proxies[i]'s upstream leads back to itself (directly, or through other proxies of
+// `all`): every connection would open another until no file descriptor is left.
+std::string upstream_loop(const std::vector<Proxy>& all, size_t i);
 
 // Reads and validates a config file. `${VAR}`/`${VAR:-default}` are expanded first.
 LoadResult load_file(const std::string& path, EnvLookup env = process_env);

@@ -70,14 +70,6 @@ bool Schedule::active_at(Duration since_start) const {
     return (since_start - offset) % every < for_;
 }
 
-const char* fault_name(const FaultSpec& f) {
-    static const char* const names[] = {"reset",     "close", "stall",   "latency",
-                                        "bandwidth", "slice", "clamp",   "cap",
-                                        "refuse",    "idle",  "restart", "slow_close"};
-    static_assert(std::variant_size_v<FaultSpec> == sizeof(names) / sizeof(names[0]));
-    return names[f.index()];
-}
-
 std::string Diagnostic::str() const {
     return file + ":" + std::to_string(pos.line) + ":" + std::to_string(pos.col) + ": " + message;
 }

@@ -78,6 +78,7 @@ ProxyRead read_proxy(Reader& r, const YAML::Node& node, Position where) {
     }
     if (const Entry* e = f->get("upstream")) {
         if (auto v = get_host_port(r, *e, false)) p.upstream = *v;
+        p.upstream_pos = e->value_pos;
     }
     // Unknown until proven: an invalid protocol must not also make every `channel` an error.
     std::optional<Protocol> protocol = Protocol::tcp;
@@ -261,6 +262,11 @@ Config read_config(Reader& r, const YAML::Node& root) {
         }
     }
     check_listen_conflicts(r, listens);
+    for (size_t i = 0; i < c.proxies.size(); ++i) {
+        std::string loop = upstream_loop(c.proxies, i);
+        if (!loop.empty())
+            r.error(c.proxies[i].upstream_pos, "proxy " + quote(c.proxies[i].name) + ": " + loop);
+    }
     return c;
 }
 

@@ -14,14 +14,9 @@ namespace tcpfault::config::detail {
 // Larger inputs are rejected before parsing: a config file is hand-written, never megabytes.
 inline constexpr size_t kMaxInputBytes = 4 * 1024 * 1024;
 
-// Fault type names in FaultSpec variant order.
-extern const std::vector<std::string_view> kFaultTypes;
-inline constexpr size_t kFaultRefuse = 8;
-inline constexpr size_t kFaultCap = 7;
-inline constexpr size_t kFaultRestart = 10;
-
 struct FaultResult {
-    std::optional<size_t> type;     // known as soon as `type` is valid, even if params are not
+    // Index in faults::fault_kinds(), known as soon as `type` is valid, even if params are not.
+    std::optional<size_t> type;
     std::optional<FaultSpec> spec;  // only when the whole fault is valid
 };
 FaultResult read_fault(Reader& r, const Entry& fault);

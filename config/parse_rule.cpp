@@ -1,9 +1,10 @@
 // Rules (SPEC section 3): name, match, when and the cross-field rules tying them to the fault.
-#include <regex>
+#include <re2/re2.h>
 
 #include "config/env_expand.hpp"
 #include "config/parse_internal.hpp"
 #include "config/units.hpp"
+#include "faults/fault_list.hpp"
 
 namespace tcpfault::config::detail {
 
@@ -14,14 +15,22 @@ const std::vector<std::string_view> kMatchKeys = {
     "clients", "channel", "connections", "probability", "schedule", "limit", "existing"};
 const std::vector<std::string_view> kConnectionsKeys = {"every", "nth", "first"};
 const std::vector<std::string_view> kScheduleKeys = {"every", "for", "offset"};
-const std::vector<std::string_view> kWhenKeys = {"direction", "data", "line", "after_bytes",
-                                                 "after"};
+const std::vector<std::string_view> kWhenKeys = {"direction",   "data",  "line",
+                                                 "after_bytes", "after", "next_byte"};
 
-// std::regex compiles and matches recursively; a bounded pattern keeps that bounded too.
+// RE2 matches in linear time whatever the pattern; the bound keeps compiled programs small.
 constexpr size_t kMaxRegexLength = 1000;
+constexpr int64_t kMaxRegexProgramMemory = 1 << 20;
 
+const faults::FaultKind& kind(size_t type) {
+    return faults::fault_kinds()[type];
+}
 bool acts_on_proxy(size_t type) {
-    return type == kFaultRefuse || type == kFaultCap || type == kFaultRestart;
+    return kind(type).scope == faults::Scope::proxy;
+}
+// refuse and restart act before any connection exists; cap counts connections at accept.
+bool acts_on_listener(size_t type) {
+    return acts_on_proxy(type) && kind(type).name != faults::CapFault::kName;
 }
 
 std::vector<Cidr> read_clients(Reader& r, const Entry& e) {
@@ -111,11 +120,11 @@ Match read_match(Reader& r, const Entry& me, std::optional<size_t> type,
     auto f = Fields::read(r, me.value, me.value_pos, {"match", "in match", "match.", kMatchKeys});
     if (!f) return m;
     // refuse/restart act before any connection exists, so connection conditions mean nothing.
-    bool only_schedule_limit = type && (*type == kFaultRefuse || *type == kFaultRestart);
+    bool only_schedule_limit = type && acts_on_listener(*type);
     for (const Entry& e : f->entries()) {
         if (only_schedule_limit && e.key != "schedule" && e.key != "limit") {
             r.error(e.key_pos, e.label + " is not allowed for fault type " +
-                                   quote(kFaultTypes[*type]) +
+                                   quote(kind(*type).name) +
                                    " (it accepts only schedule and limit in match)");
             continue;
         }
@@ -151,9 +160,11 @@ std::optional<When> read_when(Reader& r, const Entry& we) {
     bool any_condition = false;
     for (const Entry& e : f->entries()) {
         if (e.key == "direction") {
-            if (auto v = get_enum<Direction>(
-                    r, e,
-                    {{"upstream", Direction::upstream}, {"downstream", Direction::downstream}}))
+            if (auto v = get_enum<Direction>(r, e,
+                                             {{"upstream", Direction::upstream},
+                                              {"downstream", Direction::downstream},
+                                              {"both", Direction::both},
+                                              {"any", Direction::both}}))
                 w.direction = *v;
         } else if (e.key == "data") {
             w.data = get_string(r, e, false);
@@ -167,20 +178,34 @@ std::optional<When> read_when(Reader& r, const Entry& we) {
                                          std::to_string(kMaxRegexLength) + " characters)");
                 continue;
             }
-            try {
-                w.line_re = std::make_shared<const std::regex>(*s, std::regex::ECMAScript);
-                w.line = std::move(s);
-            } catch (const std::regex_error& ex) {
-                r.error(e.value_pos,
-                        "when.line: invalid regular expression " + quote(*s) + ": " + ex.what());
+            RE2::Options opts;
+            opts.set_log_errors(false);
+            opts.set_max_mem(kMaxRegexProgramMemory);
+            auto re = std::make_shared<const RE2>(*s, opts);
+            if (!re->ok()) {
+                r.error(e.value_pos, "when.line: invalid regular expression " + quote(*s) + ": " +
+                                         re->error() + " (RE2 syntax)");
+                continue;
             }
+            w.line_re = std::move(re);
+            w.line = std::move(s);
         } else if (e.key == "after_bytes") {
             w.after_bytes = get_size(r, e, 0, UINT64_MAX);
             any_condition = true;
         } else if (e.key == "after") {
             w.after = get_duration(r, e, false);
             any_condition = true;
+        } else if (e.key == "next_byte") {
+            if (auto v = get_bool(r, e)) w.next_byte = *v;
+            any_condition = any_condition || w.next_byte;
         }
+    }
+    // 0 bytes from the start is "at accept", which a rule without `when` already says; with a
+    // match or a time it is the hold point right there.
+    if (w.after_bytes == 0u && !w.data && !w.line && !w.after && !w.next_byte) {
+        r.error(f->get("after_bytes")->value_pos,
+                "when.after_bytes: 0 on its own fires at accept (leave `when` out for that); to "
+                "fire when the first byte arrives, without forwarding it, use next_byte: true");
     }
     // Both would need their own "from the match" origin; the SPEC offers them as alternatives.
     if (f->get("data") != nullptr && f->get("line") != nullptr) {
@@ -220,7 +245,7 @@ RuleResultInternal read_rule(Reader& r, const YAML::Node& node, Position where,
     if (const Entry* e = f->get("when")) {
         if (fault.type && acts_on_proxy(*fault.type)) {
             r.error(e->key_pos, "when is not allowed for fault type " +
-                                    quote(kFaultTypes[*fault.type]) +
+                                    quote(kind(*fault.type).name) +
                                     " (it acts on the proxy, not on bytes)");
         } else {
             rule.when = read_when(r, *e);

@@ -60,7 +60,7 @@ size_t LineMatcher::feed(const char* data, size_t len) {
         }
         std::string_view line(line_);
         if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-        bool hit = std::regex_search(line.begin(), line.end(), *re_);
+        bool hit = RE2::PartialMatch(re2::StringPiece(line.data(), line.size()), *re_);
         line_.clear();
         overflow_ = false;
         if (hit) return i + 1;
@@ -68,9 +68,12 @@ size_t LineMatcher::feed(const char* data, size_t len) {
     return Trigger::npos;
 }
 
-Trigger::Trigger(const config::When* when) {
+Trigger::Trigger(const config::When* when, std::optional<config::Direction> dir) {
     if (when == nullptr) return;
-    dir_ = when->direction;
+    dir_ = dir ? *dir
+               : (when->direction == config::Direction::both ? config::Direction::upstream
+                                                             : when->direction);
+    next_byte_ = when->next_byte;
     if (when->data) literal_.emplace(*when->data);
     if (when->line && when->line_re) line_.emplace(when->line_re);
     after_bytes_ = when->after_bytes;
@@ -78,7 +81,7 @@ Trigger::Trigger(const config::When* when) {
         has_after_ = true;
         after_ = *when->after;
     }
-    reads_bytes_ = literal_ || line_ || after_bytes_;
+    reads_bytes_ = literal_ || line_ || after_bytes_ || next_byte_;
     phase_ = (literal_ || line_) ? Phase::matching : Phase::counting;
 }
 
@@ -92,19 +95,26 @@ void Trigger::catch_up(uint64_t bytes_so_far, config::Duration elapsed) {
     if (has_after_) after_ = elapsed >= after_ ? config::Duration{0} : after_ - elapsed;
 }
 
+bool Trigger::conditions_met() {
+    phase_ = next_byte_ ? Phase::armed : Phase::fired;
+    return phase_ == Phase::fired;
+}
+
 bool Trigger::start() {
     if (phase_ == Phase::counting && has_after_ && after_.count() > 0) {
         time_ok_ = false;
         want_timer_ = true;
     }
-    if (phase_ == Phase::counting && counting_done()) {
-        phase_ = Phase::fired;
-        return true;
-    }
+    if (phase_ == Phase::counting && counting_done()) return conditions_met();
     return false;
 }
 
 Trigger::Step Trigger::feed(const char* data, size_t len) {
+    if (phase_ == Phase::armed) {
+        if (len == 0) return {0, false, false};
+        phase_ = Phase::fired;
+        return {0, true, false};
+    }
     size_t pos = 0;
     if (phase_ == Phase::matching) {
         size_t end = literal_ ? literal_->feed(data, len) : line_->feed(data, len);
@@ -128,8 +138,12 @@ Trigger::Step Trigger::feed(const char* data, size_t len) {
         pos += static_cast<size_t>(need);
     }
     if (time_ok_) {
-        phase_ = Phase::fired;
-        return {pos, true, false};
+        if (conditions_met() || pos < len) {
+            // With next_byte the byte at `pos`, already here, is the one it waited for.
+            phase_ = Phase::fired;
+            return {pos, true, false};
+        }
+        return {len, false, false};
     }
     // Only the time condition is missing: hold at the byte threshold if there is one.
     if (after_bytes_) return {pos, false, true};
@@ -139,10 +153,7 @@ Trigger::Step Trigger::feed(const char* data, size_t len) {
 
 bool Trigger::time_reached() {
     time_ok_ = true;
-    if (phase_ == Phase::counting && counting_done()) {
-        phase_ = Phase::fired;
-        return true;
-    }
+    if (phase_ == Phase::counting && counting_done()) return conditions_met();
     return false;
 }
 

@@ -10,8 +10,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include <re2/re2.h>
 
 #include "config/config.hpp"
 
@@ -36,18 +39,18 @@ class LiteralMatcher {
     size_t state_ = 0;
 };
 
-// Tests an ECMAScript regex on each line ("\n"-terminated, trailing "\r\n" stripped).
+// Tests an RE2 regex (linear time, no backtracking) on each line ("\n"-terminated, trailing
+// "\r\n" stripped).
 class LineMatcher {
   public:
-    // Longer lines are matched on their prefix. std::regex recurses per character: a 40 KB
-    // line crashed the proxy (stack overflow), so the regex never sees more than 4 KiB.
+    // Longer lines are matched on their prefix, which also bounds the buffer per connection.
     static constexpr size_t kMaxLine = 4 * 1024;
-    explicit LineMatcher(std::shared_ptr<const std::regex> re) : re_(std::move(re)) {}
+    explicit LineMatcher(std::shared_ptr<const re2::RE2> re) : re_(std::move(re)) {}
     // Offset just past the first matching line's "\n" in [data, data+len), or npos.
     size_t feed(const char* data, size_t len);
 
   private:
-    std::shared_ptr<const std::regex> re_;
+    std::shared_ptr<const re2::RE2> re_;
     std::string line_;
     bool overflow_ = false;
 };
@@ -56,10 +59,13 @@ class Trigger {
   public:
     static constexpr size_t npos = static_cast<size_t>(-1);
 
-    // `when` may be null: fires at once (at accept).
-    explicit Trigger(const config::When* when);
+    // `when` may be null: fires at once (at accept). It watches the rule's direction, or `dir`
+    // (one of the two, for `direction: both`, which takes one trigger each).
+    explicit Trigger(const config::When* when, std::optional<config::Direction> dir = std::nullopt);
 
-    enum class Phase { matching, counting, fired };
+    // matching: waiting for `data`/`line`; counting: bytes and time; armed: every condition
+    // holds and `next_byte` waits for a byte to arrive; fired.
+    enum class Phase { matching, counting, armed, fired };
     Phase phase() const { return phase_; }
     bool fired() const { return phase_ == Phase::fired; }
     config::Direction direction() const { return dir_; }
@@ -111,13 +117,16 @@ class Trigger {
         if (literal_) literal_->set_state(s.literal_state);
     }
 
-    // The `after` timer expired. Returns true if the fault fires now.
+    // The `after` timer expired. Returns true if the fault fires now (with next_byte it arms
+    // instead: the fault fires on the next byte fed).
     bool time_reached();
     // Bytes counted since the match (or start), for diagnostics.
     uint64_t bytes_counted() const { return counted_; }
 
   private:
     bool counting_done() const;
+    // Every condition holds: fire, or with next_byte wait for the next byte.
+    bool conditions_met();
 
     config::Direction dir_ = config::Direction::upstream;
     Phase phase_ = Phase::counting;
@@ -126,6 +135,7 @@ class Trigger {
     std::optional<uint64_t> after_bytes_;
     config::Duration after_{0};
     bool has_after_ = false;
+    bool next_byte_ = false;
     bool reads_bytes_ = false;
     bool want_timer_ = false;
     bool time_ok_ = true;

@@ -1,13 +1,31 @@
 #include "net/endpoint.hpp"
 
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
+
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
 #include "net/uv_util.hpp"
-#include "proxy/pipe.hpp"
-#include "proxy/session.hpp"
 
 namespace tcpfault {
+
+namespace {
+// An ending gives the peer this long to take some of what we still hold for it (bytes, FIN)
+// before it gives up and resets; each bit of progress renews it.
+constexpr uint64_t kProgressBoundUs = 3'000'000;
+// A graceful FIN waits this long after the peer's last byte for the peer's own FIN.
+constexpr uint64_t kLingerUs = 2'000'000;
+// Polls of the kernel's queues back off from 1 ms to this.
+constexpr uint32_t kMaxPollMs = 50;
+
+bool is_fin_kind(Ending k) {
+    return k == Ending::fin || k == Ending::fin_then_discard || k == Ending::fin_then_reset;
+}
+}  // namespace
 
 // A queued write owns its bytes until libuv calls back (also with UV_ECANCELED on close).
 struct Endpoint::WriteReq {
@@ -22,18 +40,29 @@ int Endpoint::init(uv_loop_t* loop, unsigned family) {
     int err = uv_tcp_init_ex(loop, &tcp_, family);
     if (err != 0) return err;
     tcp_.data = this;
-    initialized_ = true;
-    session_.handle_opened();
+    state_ = State::open;
+    events_.on_opened(*this);
     return 0;
 }
 
+void Endpoint::recycle() {
+    state_ = State::unopened;
+    kind_ = Ending::none;
+    reading_ = peer_fin_ = fin_requested_ = fin_sent_ = false;
+    queued_ = 0;
+}
+
+int Endpoint::fd() const {
+    return usable() ? tcp_fd(&tcp_) : -1;
+}
+
 void Endpoint::start_reading() {
-    if (!usable() || reading_) return;
+    if (state_ != State::open || reading_ || peer_fin_) return;
     if (uv_read_start(stream(), on_alloc, on_read) == 0) reading_ = true;
 }
 
 void Endpoint::stop_reading() {
-    if (!usable() || !reading_) return;
+    if (state_ != State::open || !reading_) return;
     uv_read_stop(stream());
     reading_ = false;
 }
@@ -51,27 +80,49 @@ void Endpoint::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     Chunk chunk(buf->base);
     auto* self = static_cast<Endpoint*>(s->data);
     if (nread < 0) self->reading_ = false;  // libuv stops reading on EOF and errors
-    if (nread != 0 && self->source_of_ != nullptr) self->source_of_->on_read(chunk, nread);
+    if (self->state_ == State::ending) {
+        if (chunk) loop_buffer_pool().give(std::move(chunk));
+        self->read_while_ending(nread);
+        return;
+    }
+    if (self->state_ == State::open) {
+        if (nread > 0) {
+            self->events_.on_data(*self, chunk, static_cast<size_t>(nread));
+        } else if (nread == UV_EOF) {
+            self->peer_fin_ = true;
+            self->events_.on_eof(*self);
+        } else if (nread < 0) {
+            self->events_.on_read_error(*self, static_cast<int>(nread));
+        }
+    }
     if (chunk) loop_buffer_pool().give(std::move(chunk));
 }
 
-int Endpoint::write(const char* p, size_t len, Chunk* owner) {
-    if (!usable()) return UV_EPIPE;
+int Endpoint::write(const char* p, size_t len, Chunk* owner, bool own_segment) {
+    if (!usable() || fin_requested_) return UV_EPIPE;
+    if (len == 0) return 0;
     if (queued_ == 0) {
-        uv_buf_t b = uv_buf_init(const_cast<char*>(p), static_cast<unsigned>(len));
-        int n = uv_try_write(stream(), &b, 1);
-        if (n == static_cast<int>(len)) return 0;
-        if (n < 0 && n != UV_EAGAIN) return n;
+        ssize_t n;
+        if (own_segment) {
+            // MSG_EOR: the kernel neither corks these bytes nor appends later writes to them.
+            n = ::send(fd(), p, len, MSG_EOR | MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n < 0) n = (errno == EAGAIN || errno == EWOULDBLOCK) ? UV_EAGAIN : -errno;
+        } else {
+            uv_buf_t b = uv_buf_init(const_cast<char*>(p), static_cast<unsigned>(len));
+            n = uv_try_write(stream(), &b, 1);
+        }
+        if (n == static_cast<ssize_t>(len)) return 0;
+        if (n < 0 && n != UV_EAGAIN) return static_cast<int>(n);
         if (n > 0) {
             p += n;
-            len -= n;
+            len -= static_cast<size_t>(n);
         }
     }
     auto req = std::make_unique<WriteReq>();
     req->endpoint = this;
     req->len = len;
-    // A small remainder is copied so a mostly-empty 64 KiB chunk is not pinned while the
-    // peer is slow; memory accounting then stays close to the bytes actually held.
+    // A small remainder is copied so a mostly-empty chunk is not pinned while the peer is
+    // slow; memory accounting then stays close to the bytes actually held.
     const char* base;
     if (owner != nullptr && *owner && len >= BufferPool::kChunkSize / 4) {
         req->data = std::move(*owner);
@@ -85,7 +136,7 @@ int Endpoint::write(const char* p, size_t len, Chunk* owner) {
     uv_buf_t b = uv_buf_init(const_cast<char*>(base), static_cast<unsigned>(len));
     req->req.data = req.get();
     int err = uv_write(&req->req, stream(), &b, 1, on_write);
-    if (err != 0) return err;  // the request (and the bytes) die here; the session is failing
+    if (err != 0) return err;  // the request (and the bytes) die here; the caller ends us
     queued_ += len;
     req.release();  // reclaimed in on_write
     return 0;
@@ -97,11 +148,22 @@ void Endpoint::on_write(uv_write_t* r, int status) {
     self->queued_ -= req->len;
     if (req->pooled) loop_buffer_pool().give(std::move(req->data));
     if (status == UV_ECANCELED) return;  // the handle is closing; nothing to report
-    if (self->sink_of_ != nullptr) self->sink_of_->on_write_done(status);
+    if (self->state_ == State::ending) {
+        if (status != 0)
+            self->close_handle(true);
+        else
+            self->advance();
+        return;
+    }
+    if (self->state_ != State::open) return;
+    if (status != 0)
+        self->events_.on_write_error(*self, status);
+    else
+        self->events_.on_write_done(*self);
 }
 
 int Endpoint::shutdown_write() {
-    if (!usable()) return UV_EPIPE;
+    if (state_ != State::open) return UV_EPIPE;
     if (fin_requested_) return 0;
     fin_requested_ = true;
     shutdown_req_.data = this;
@@ -111,30 +173,178 @@ int Endpoint::shutdown_write() {
 void Endpoint::on_shutdown(uv_shutdown_t* req, int status) {
     auto* self = static_cast<Endpoint*>(req->data);
     if (status == UV_ECANCELED) return;
-    if (self->sink_of_ != nullptr) self->sink_of_->on_fin_sent(status);
+    if (self->state_ == State::ending) {
+        if (status != 0) {
+            self->close_handle(true);
+            return;
+        }
+        self->fin_sent_ = true;
+        self->advance();
+        return;
+    }
+    if (self->state_ != State::open) return;
+    if (status != 0) {
+        self->events_.on_write_error(*self, status);
+        return;
+    }
+    self->fin_sent_ = true;
+    self->events_.on_fin_sent(*self);
 }
 
-void Endpoint::close() {
-    if (!initialized_ || closing_) return;
-    closing_ = true;
+bool Endpoint::end(Ending kind) {
+    if (kind == Ending::none) kind = Ending::fin;
+    if (state_ == State::unopened || state_ == State::closing || state_ == State::closed)
+        return false;
+    if (state_ == State::ending && ending_strength(kind) <= ending_strength(kind_)) return false;
+    kind_ = kind;
+    state_ = State::ending;
+    switch (kind) {
+        case Ending::reset_now:
+            close_handle(true);
+            return true;
+        case Ending::close_now:
+            close_handle(false);
+            return true;
+        case Ending::reset:
+            // Nothing more is read: the RST discards it anyway.
+            if (reading_) uv_read_stop(stream());
+            reading_ = false;
+            break;
+        default:
+            // FIN kinds read (and drop) what still arrives, so closing never meets unread
+            // bytes the kernel would answer with a RST.
+            if (!reading_ && !peer_fin_ && uv_read_start(stream(), on_alloc, on_read) == 0)
+                reading_ = true;
+            if (!fin_requested_) {
+                fin_requested_ = true;
+                shutdown_req_.data = this;
+                if (uv_shutdown(&shutdown_req_, stream(), on_shutdown) != 0) {
+                    close_handle(true);
+                    return true;
+                }
+            }
+            break;
+    }
+    uint64_t now = Deadlines::now_us();
+    progress_deadline_us_ = now + kProgressBoundUs;
+    last_pending_ = queued_ + unacked();
+    poll_ms_ = 0;
+    advance();
+    return true;
+}
+
+void Endpoint::read_while_ending(ssize_t nread) {
+    if (nread > 0) {
+        events_.on_discarded(*this, static_cast<size_t>(nread));
+        if (kind_ == Ending::fin) linger_deadline_us_ = Deadlines::now_us() + kLingerUs;
+        return;
+    }
+    if (nread == UV_EOF) {
+        peer_fin_ = true;
+        advance();
+        return;
+    }
+    if (nread < 0) close_handle(false);  // the peer is gone: nothing left to end
+}
+
+void Endpoint::advance() {
+    if (state_ != State::ending) return;
+    if (peer_gone()) {
+        close_handle(false);  // reset by the peer meanwhile: nothing left to deliver
+        return;
+    }
+    uint64_t now = Deadlines::now_us();
+    uint64_t pending = queued_ + unacked();
+    if (pending < last_pending_) progress_deadline_us_ = now + kProgressBoundUs;
+    last_pending_ = pending;
+
+    if (kind_ == Ending::reset) {
+        if (queued_ == 0 && unacked() == 0) {
+            close_handle(true);
+            return;
+        }
+    } else if (is_fin_kind(kind_) && fin_sent_) {
+        switch (kind_) {
+            case Ending::fin_then_reset:
+                // Closed once the FIN is on the wire: the kernel answers the peer's next
+                // segment with RST, and the FIN can no longer be overtaken by it.
+                if (unsent() == 0) {
+                    close_handle(false);
+                    return;
+                }
+                break;
+            case Ending::fin_then_discard:
+                if (peer_fin_) {
+                    close_handle(false);
+                    return;
+                }
+                deadlines_.clear(this);  // half-open for as long as the peer likes
+                return;
+            default:  // fin
+                if (peer_fin_) {
+                    close_handle(false);
+                    return;
+                }
+                if (linger_deadline_us_ == 0) linger_deadline_us_ = now + kLingerUs;
+                if (now >= linger_deadline_us_) {
+                    close_handle(false);
+                    return;
+                }
+                deadlines_.set(this, linger_deadline_us_);
+                return;
+        }
+    }
+    if (now >= progress_deadline_us_) {
+        close_handle(true);  // the peer took nothing for too long: give up
+        return;
+    }
+    poll_later(now);
+}
+
+void Endpoint::poll_later(uint64_t now) {
+    poll_ms_ = poll_ms_ == 0 ? 1 : std::min(poll_ms_ * 2, kMaxPollMs);
+    deadlines_.set(this, std::min<uint64_t>(now + poll_ms_ * 1000ULL, progress_deadline_us_));
+}
+
+void Endpoint::on_deadline(uint64_t) {
+    advance();
+}
+
+void Endpoint::close_handle(bool with_reset) {
+    if (state_ == State::closing || state_ == State::closed || state_ == State::unopened) return;
+    deadlines_.clear(this);
+    state_ = State::closing;
     reading_ = false;
+    if (with_reset) set_linger_zero(&tcp_);
     uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), on_close);
-}
-
-void Endpoint::reset() {
-    if (!initialized_ || closing_) return;
-    set_linger_zero(&tcp_);
-    close();
-}
-
-void Endpoint::recycle() {
-    initialized_ = closing_ = reading_ = fin_requested_ = false;
-    queued_ = 0;
 }
 
 void Endpoint::on_close(uv_handle_t* h) {
     auto* self = static_cast<Endpoint*>(h->data);
-    self->session_.endpoint_closed(*self);
+    self->state_ = State::closed;
+    self->events_.on_closed(*self);
+}
+
+bool Endpoint::peer_gone() const {
+    int f = fd();
+    tcp_info info{};
+    socklen_t len = sizeof info;
+    return f >= 0 && getsockopt(f, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 &&
+           info.tcpi_state == TCP_CLOSE;
+}
+
+uint64_t Endpoint::unacked() const {
+    int n = 0;
+    int f = fd();
+    if (f < 0 || ioctl(f, SIOCOUTQ, &n) != 0 || n < 0) return 0;
+    return static_cast<uint64_t>(n);
+}
+
+uint64_t Endpoint::unsent() const {
+    int n = 0;
+    int f = fd();
+    if (f < 0 || ioctl(f, SIOCOUTQNSD, &n) != 0 || n < 0) return 0;
+    return static_cast<uint64_t>(n);
 }
 
 }  // namespace tcpfault

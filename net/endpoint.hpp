@@ -1,6 +1,19 @@
-// One socket of a session: the client's or the server's. Owns its uv_tcp_t (embedded, freed
-// with the session once its close callback ran) and the primitives faults are built from:
-// write, shutdownWrite (FIN), close, reset (RST), pause/resume reading.
+// One socket of a session, the client's or the server's, and its explicit state:
+//
+//   unopened -> open -> ending -> closing -> closed
+//
+// open: bytes flow both ways; each half may close on its own (the peer's FIN: peer_fin();
+// ours: shutdown_write(), the pass-through half-close). ending: one of the close kinds
+// (net/ending.hpp) is being carried out; from here on the endpoint reads for itself (and drops
+// what it reads) or not at all, and nothing it reads is reported up. closing: uv_close was
+// called; closed: its close callback ran and the socket may be freed.
+//
+// end(kind) is the one way to leave `open`, and it is idempotent: a weaker or equal kind asked
+// later is refused (false), a stronger one takes over (a graceful FIN may become a reset, never
+// the reverse). Every wait inside an ending is bounded: the peer must acknowledge some progress
+// every 3 s, and a graceful FIN waits at most 2 s of silence for the peer's own FIN.
+//
+// Reports go up through Events only; the endpoint never knows who owns it.
 #pragma once
 
 #include <sys/socket.h>
@@ -10,58 +23,77 @@
 #include <cstdint>
 
 #include "net/buffer_pool.hpp"
+#include "net/deadlines.hpp"
+#include "net/ending.hpp"
 
 namespace tcpfault {
 
-class Session;
-class Pipe;
-
-class Endpoint {
+class Endpoint final : private Deadlines::Client {
   public:
     enum class Side { client, server };
+    enum class State { unopened, open, ending, closing, closed };
 
-    Endpoint(Session& session, Side side) : session_(session), side_(side) {}
+    class Events {
+      public:
+        virtual void on_opened(Endpoint&) = 0;  // a handle now exists (counted by the owner)
+        virtual void on_data(Endpoint&, Chunk& chunk, size_t n) = 0;  // may steal the chunk
+        virtual void on_eof(Endpoint&) = 0;                           // the peer's FIN
+        virtual void on_read_error(Endpoint&, int err) = 0;           // e.g. the peer's RST
+        virtual void on_write_done(Endpoint&) = 0;  // a queued write completed: room again
+        virtual void on_write_error(Endpoint&, int err) = 0;
+        virtual void on_fin_sent(Endpoint&) = 0;  // shutdown_write()'s FIN is handed over
+        virtual void on_discarded(Endpoint&, size_t n) = 0;  // read and dropped while ending
+        virtual void on_closed(Endpoint&) = 0;               // the close callback ran
+
+      protected:
+        ~Events() = default;
+    };
+
+    Endpoint(Side side, Events& events, Deadlines& deadlines)
+        : side_(side), events_(events), deadlines_(deadlines) {}
     Endpoint(const Endpoint&) = delete;
     Endpoint& operator=(const Endpoint&) = delete;
 
     // With a family, the socket exists at once, so options can be set before connect().
     int init(uv_loop_t* loop, unsigned family = AF_UNSPEC);
+    // After the close callback ran: ready for init() again (the next upstream address).
+    void recycle();
+
     uv_tcp_t* tcp() { return &tcp_; }
     uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp_); }
+    int fd() const;
     Side side() const { return side_; }
-    Session& session() { return session_; }
+    State state() const { return state_; }
+    Ending ending() const { return kind_; }
+    // The handle exists and is not closing: its socket can be used.
+    bool usable() const { return state_ == State::open || state_ == State::ending; }
+    bool open() const { return state_ == State::open; }
+    bool peer_fin() const { return peer_fin_; }
+    bool fin_requested() const { return fin_requested_; }
+    bool fin_sent() const { return fin_sent_; }
 
-    // The pipe that reads from this socket and the pipe that writes to it.
-    void attach(Pipe* source_of, Pipe* sink_of) {
-        source_of_ = source_of;
-        sink_of_ = sink_of;
-    }
-
-    bool usable() const { return initialized_ && !closing_; }
-    bool closing() const { return closing_; }
-
+    // Reading while open (flow control belongs to the pipe reading this socket); ignored in
+    // an ending, which reads for itself.
     void start_reading();
     void stop_reading();
     bool reading() const { return reading_; }
+    // Caps the size of each read (clamp's read_size); 0 restores the default.
+    void set_max_read(size_t n) { max_read_ = n; }
 
     // Writes [p, p+len). Tries a direct write first; what the kernel does not take is queued,
     // stealing `owner` (the chunk p points into) when the rest is large, else copying.
-    // Returns 0 or a libuv error if the socket failed synchronously.
-    int write(const char* p, size_t len, Chunk* owner);
-    // Caps the size of each read (clamp's read_size); 0 restores the default.
-    void set_max_read(size_t n) { max_read_ = n; }
+    // `own_segment`: these bytes leave as a segment of their own, never merged with what
+    // follows (MSG_EOR). Returns 0 or a libuv error if the socket failed synchronously.
+    // Allowed until the FIN is requested.
+    int write(const char* p, size_t len, Chunk* owner, bool own_segment = false);
     size_t queued_bytes() const { return queued_; }
 
-    // FIN after everything queued. Idempotent.
+    // The pass-through half-close: FIN after everything queued; reading goes on. Idempotent.
     int shutdown_write();
-    bool fin_requested() const { return fin_requested_; }
 
-    // After the close callback ran, makes the endpoint initialisable again (a new connect
-    // attempt to the upstream's next address).
-    void recycle();
-
-    void close();  // plain close: FIN if nothing unread, else the kernel sends RST
-    void reset();  // RST now, unsent data discarded
+    // Ends the socket the way `kind` says (Ending::none means fin). False when refused: the
+    // endpoint is already closing, or already ending at least as strongly.
+    bool end(Ending kind);
 
   private:
     struct WriteReq;
@@ -71,18 +103,35 @@ class Endpoint {
     static void on_shutdown(uv_shutdown_t* req, int status);
     static void on_close(uv_handle_t* h);
 
-    Session& session_;
+    void read_while_ending(ssize_t nread);
+    void fin_handed_over();
+    // One step of an ending: finishes it when it can, else polls (bounded).
+    void advance();
+    void poll_later(uint64_t now);
+    void on_deadline(uint64_t now_us) override;
+    void close_handle(bool with_reset);
+    bool peer_gone() const;    // the kernel has torn the connection down (the peer's RST)
+    uint64_t unacked() const;  // sent, not yet acknowledged (SIOCOUTQ)
+    uint64_t unsent() const;   // written, not yet sent; includes a queued FIN (SIOCOUTQNSD)
+
     Side side_;
+    Events& events_;
+    Deadlines& deadlines_;
     uv_tcp_t tcp_{};
     uv_shutdown_t shutdown_req_{};
-    Pipe* source_of_ = nullptr;
-    Pipe* sink_of_ = nullptr;
+    State state_ = State::unopened;
+    Ending kind_ = Ending::none;
     size_t queued_ = 0;
     size_t max_read_ = 0;
-    bool initialized_ = false;
-    bool closing_ = false;
     bool reading_ = false;
+    bool peer_fin_ = false;
     bool fin_requested_ = false;
+    bool fin_sent_ = false;
+    // Bounds inside an ending (µs of uv_hrtime).
+    uint64_t progress_deadline_us_ = 0;  // no progress by then: reset
+    uint64_t linger_deadline_us_ = 0;    // fin: the peer's FIN by then, else close
+    uint64_t last_pending_ = 0;          // bytes still ours at the last look
+    uint32_t poll_ms_ = 0;
 };
 
 }  // namespace tcpfault

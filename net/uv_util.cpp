@@ -1,6 +1,7 @@
 #include "net/uv_util.hpp"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <sys/ioctl.h>
@@ -78,6 +79,57 @@ void set_linger_zero(uv_tcp_t* tcp) {
     if (fd < 0) return;
     linger l{1, 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+namespace {
+uint16_t port_of(const sockaddr_storage& s) {
+    if (s.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(s).sin_port);
+    if (s.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(s).sin6_port);
+    return 0;
+}
+
+bool same_ip(const sockaddr* a, const sockaddr* b) {
+    if (a->sa_family != b->sa_family) return false;
+    if (a->sa_family == AF_INET)
+        return reinterpret_cast<const sockaddr_in*>(a)->sin_addr.s_addr ==
+               reinterpret_cast<const sockaddr_in*>(b)->sin_addr.s_addr;
+    return std::memcmp(&reinterpret_cast<const sockaddr_in6*>(a)->sin6_addr,
+                       &reinterpret_cast<const sockaddr_in6*>(b)->sin6_addr, 16) == 0;
+}
+
+bool is_any(const sockaddr_storage& s) {
+    if (s.ss_family == AF_INET)
+        return reinterpret_cast<const sockaddr_in&>(s).sin_addr.s_addr == htonl(INADDR_ANY);
+    if (s.ss_family == AF_INET6)
+        return IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<const sockaddr_in6&>(s).sin6_addr);
+    return false;
+}
+
+// An address of this host: loopback, or one of its interfaces'.
+bool is_local(const sockaddr_storage& s) {
+    if (s.ss_family == AF_INET &&
+        (ntohl(reinterpret_cast<const sockaddr_in&>(s).sin_addr.s_addr) >> 24) == 127)
+        return true;
+    if (s.ss_family == AF_INET6 &&
+        IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6&>(s).sin6_addr))
+        return true;
+    ifaddrs* list = nullptr;
+    if (getifaddrs(&list) != 0) return false;
+    bool found = false;
+    for (ifaddrs* i = list; i != nullptr && !found; i = i->ifa_next)
+        found =
+            i->ifa_addr != nullptr && same_ip(i->ifa_addr, reinterpret_cast<const sockaddr*>(&s));
+    freeifaddrs(list);
+    return found;
+}
+}  // namespace
+
+bool same_endpoint_or_wildcard(const sockaddr_storage& listener, const sockaddr_storage& target) {
+    uint16_t port = port_of(listener);
+    if (port == 0 || port != port_of(target)) return false;
+    if (is_any(listener)) return is_local(target);
+    return same_ip(reinterpret_cast<const sockaddr*>(&listener),
+                   reinterpret_cast<const sockaddr*>(&target));
 }
 
 }  // namespace tcpfault

@@ -28,6 +28,10 @@ void set_linger_zero(uv_tcp_t* tcp);
 
 int tcp_fd(const uv_tcp_t* tcp);
 
+// A connection to `target` would reach a socket listening on `listener`: the same address and
+// port, or the same port on a wildcard listener and an address of this host.
+bool same_endpoint_or_wildcard(const sockaddr_storage& listener, const sockaddr_storage& target);
+
 // Bytes written to the socket but not yet sent (Linux SIOCOUTQNSD); 0 when unknown.
 int unsent_bytes(const uv_tcp_t* tcp);
 

@@ -42,6 +42,11 @@ Metrics::Metrics()
                   .Name("tcpfault_faults_total")
                   .Help("Faults injected, by rule")
                   .Register(*registry_)),
+      suppressed_(BuildCounter()
+                      .Name("tcpfault_faults_suppressed_total")
+                      .Help("Faults a rule fired that could not act: the connection was already "
+                            "ending")
+                      .Register(*registry_)),
       rule_active_(BuildGauge()
                        .Name("tcpfault_rule_active")
                        .Help("1 while the rule is enabled and inside its schedule")
@@ -70,6 +75,7 @@ void Metrics::declare_proxy(const std::string& proxy) {
 
 void Metrics::declare_rule(const std::string& proxy, const std::string& rule, const char* fault) {
     faults_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}});
+    suppressed_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}});
     rule_active_.Add({{"proxy", proxy}, {"rule", rule}});
 }
 
@@ -89,6 +95,11 @@ void Metrics::upstream_error(const std::string& proxy, const std::string& kind) 
 
 void Metrics::fault(const std::string& proxy, const std::string& rule, const char* fault) {
     faults_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}}).Increment();
+}
+
+void Metrics::fault_suppressed(const std::string& proxy, const std::string& rule,
+                               const char* fault) {
+    suppressed_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}}).Increment();
 }
 
 void Metrics::bytes(const std::string& proxy, const char* direction, uint64_t delta) {

@@ -32,6 +32,7 @@ class Metrics {
     void rejected(const std::string& proxy, const char* reason);
     void upstream_error(const std::string& proxy, const std::string& kind);
     void fault(const std::string& proxy, const std::string& rule, const char* fault);
+    void fault_suppressed(const std::string& proxy, const std::string& rule, const char* fault);
     void bytes(const std::string& proxy, const char* direction, uint64_t delta);
     void set_active(const std::string& proxy, double n);
     void set_rule_active(const std::string& proxy, const std::string& rule, bool active);
@@ -52,6 +53,7 @@ class Metrics {
     prometheus::Family<prometheus::Counter>& upstream_errors_;
     prometheus::Family<prometheus::Counter>& bytes_;
     prometheus::Family<prometheus::Counter>& faults_;
+    prometheus::Family<prometheus::Counter>& suppressed_;
     prometheus::Family<prometheus::Gauge>& rule_active_;
     prometheus::Family<prometheus::Histogram>& duration_;
     prometheus::Family<prometheus::Counter>& reloads_;

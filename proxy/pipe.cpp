@@ -1,95 +1,122 @@
 #include "proxy/pipe.hpp"
 
 #include <algorithm>
-#include <random>
-
-#include "net/endpoint.hpp"
-#include "net/uv_util.hpp"
-#include "proxy/session.hpp"
 
 namespace tcpfault {
 
+namespace {
+// Once terminated, bytes a stage still holds must move this often, else they are dropped so
+// the sink's ending can go ahead.
+constexpr uint64_t kDrainBoundUs = 3'000'000;
+}  // namespace
+
+Pipe::~Pipe() {
+    deadlines_.clear(this);
+}
+
+bool Pipe::held_endlessly() const {
+    return std::any_of(stages_.begin(), stages_.end(), [](const auto& s) { return s->endless(); });
+}
+
 void Pipe::start() {
-    // Once a terminal fault acts, nothing more is forwarded: draining shaped bytes must not
-    // resume reading a source past the fault's byte.
-    if (mode_ == Mode::forward && session_.ending()) return;
-    if (source_eof_) return;
-    // A blackhole keeps reading (and discarding) whatever holds the stream otherwise.
-    if (mode_ == Mode::forward && stall_drops_ > 0) {
+    update_reading();
+}
+
+// Whether the source is read: a blackhole reads (and discards) whatever holds the stream
+// otherwise; a hold stall, a full sink or a trigger's hold point stop it.
+void Pipe::update_reading() {
+    bool want = !terminated_ && !source_eof_ && source_error_ == 0;
+    if (want) {
+        bool drops = false, stops = false;
+        for (const auto& s : stages_) {
+            drops = drops || s->drops_input();
+            stops = stops || s->stops_reading();
+        }
+        want = drops || (!stops && !paused_ && !holding_for_trigger_);
+    }
+    if (want)
         source_.start_reading();
-        return;
-    }
-    if (!paused_ && stall_holds_ == 0 && !holding_for_trigger_) source_.start_reading();
+    else
+        source_.stop_reading();
 }
 
-void Pipe::set_mode(Mode m) {
-    mode_ = m;
-    if (m != Mode::forward && !source_eof_) source_.start_reading();
+void Pipe::add_stage(std::unique_ptr<faults::Stage> s) {
+    if (terminated_) return;
+    stages_.push_back(std::move(s));
+    stages_changed();
 }
 
-bool Pipe::shaping() const {
-    return latency_.count() > 0 || jitter_.count() > 0 || rate_ > 0 || slice_max_ > 0 ||
-           stalled() || !queue_empty();
+void Pipe::lift(const std::string& rule) {
+    size_t before = stages_.size();
+    std::erase_if(stages_, [&](const auto& s) { return s->rule() == rule; });
+    if (stages_.size() != before) stages_changed();
 }
 
-void Pipe::on_read(Chunk& chunk, ssize_t nread) {
-    session_.on_activity();
-    if (nread > 0) {
-        size_t n = static_cast<size_t>(nread);
-        bytes_ += n;
-        session_.on_bytes(dir_, n);
-        switch (mode_) {
-            case Mode::forward:
-                if (session_.ending()) break;  // read before the fault stopped it: dropped
-                if (stall_drops_ > 0) break;   // blackholed
-                if (filter_ != nullptr) {
-                    std::string out;
-                    filter_->feed(chunk.get(), n, out);
-                    process(out.data(), out.size(), nullptr);
-                } else {
-                    process(chunk.get(), n, &chunk);
-                }
-                break;
-            case Mode::drop:
-                break;
-            case Mode::reset_on_data:
-            case Mode::reset_on_segment:
-                session_.on_data_after_close(source_);
-                break;
-        }
+// After a stage came or went: reading, the queue, a held FIN or RST and the deadline.
+void Pipe::stages_changed() {
+    std::erase_if(stages_, [](const auto& s) { return s->finished(); });
+    shaping_stages_ = static_cast<int>(
+        std::count_if(stages_.begin(), stages_.end(), [](const auto& s) { return s->shapes(); }));
+    update_reading();
+    pump();
+    // A RST a stage swallowed passes once no stage keeps it.
+    if (source_error_ != 0 && !terminated_ &&
+        std::none_of(stages_.begin(), stages_.end(), [](const auto& s) { return s->holds_end(); }))
+        events_.on_source_reset(dir_, source_error_);
+}
+
+void Pipe::on_data(Chunk& chunk, size_t n) {
+    bytes_ += n;
+    events_.on_bytes(dir_, n);
+    if (terminated_) return;  // read before the fault stopped it: dropped
+    bool drop = false;
+    if (!stages_.empty()) {
+        faults::StageContext ctx = events_.stage_context();
+        for (auto& s : stages_) drop = s->on_data(n, ctx) == faults::Stage::Input::drop || drop;
+        if (terminated_) return;  // a stage ended the connection
+    }
+    if (drop) return;
+    if (filter_ != nullptr) {
+        std::string out;
+        filter_->feed(chunk.get(), n, out);
+        process(out.data(), out.size(), nullptr);
+    } else {
+        process(chunk.get(), n, &chunk);
+    }
+}
+
+void Pipe::on_eof() {
+    source_eof_ = true;
+    fin_arrival_us_ = Deadlines::now_us();
+    events_.trace(dir_ == config::Direction::upstream ? "client eof" : "server eof");
+    if (!stages_.empty()) {
+        faults::StageContext ctx = events_.stage_context();
+        for (auto& s : stages_) s->on_end(ctx);
+    }
+    if (terminated_) return;
+    if (filter_ != nullptr) {
+        std::string rest;
+        filter_->flush(rest);
+        if (!rest.empty()) process(rest.data(), rest.size(), nullptr);
+    }
+    maybe_pass_fin();
+}
+
+// ECONNRESET and friends: the source is gone abruptly. Mirrored as a RST, never turned into a
+// FIN; a stage that keeps the stream's end (a blackhole) swallows it until it goes.
+void Pipe::on_read_error(int err) {
+    source_error_ = err;
+    if (!stages_.empty()) {
+        faults::StageContext ctx = events_.stage_context();
+        for (auto& s : stages_) s->on_end(ctx);
+    }
+    if (terminated_) return;
+    if (std::any_of(stages_.begin(), stages_.end(), [](const auto& s) { return s->holds_end(); })) {
+        events_.trace(dir_ == config::Direction::upstream ? "client reset held by stage"
+                                                          : "server reset held by stage");
         return;
     }
-    if (nread == UV_EOF) {
-        source_eof_ = true;
-        session_.trace(dir_ == config::Direction::upstream ? "client eof" : "server eof");
-        if (mode_ == Mode::reset_on_segment) {
-            session_.on_data_after_close(source_);
-            return;
-        }
-        if (mode_ != Mode::forward) {
-            session_.on_eof_after_close(source_);
-            return;
-        }
-        // Under a stall the FIN waits (maybe_pass_fin) until the stall ends; a blackhole
-        // (drop) has read it, but lets it through no more than the bytes before it.
-        if (filter_ != nullptr) {
-            std::string rest;
-            filter_->flush(rest);
-            if (!rest.empty()) process(rest.data(), rest.size(), nullptr);
-        }
-        maybe_pass_fin();
-        return;
-    }
-    // ECONNRESET and friends: the source is gone abruptly. Mirror it, never turn it into a FIN;
-    // a blackhole swallows it like any segment, until the stall ends.
-    if (mode_ == Mode::forward && stall_drops_ > 0 && !close_passes() && !session_.ending()) {
-        source_eof_ = true;  // nothing more comes from this socket
-        source_error_ = static_cast<int>(nread);
-        session_.trace(dir_ == config::Direction::upstream ? "client reset held by stall"
-                                                           : "server reset held by stall");
-        return;
-    }
-    session_.on_peer_reset(source_, static_cast<int>(nread));
+    events_.on_source_reset(dir_, err);
 }
 
 // Runs the chunk past every trigger watching this direction, forwarding byte-exact segments
@@ -100,30 +127,26 @@ void Pipe::process(const char* p, size_t n, Chunk* owner) {
         apply_backpressure();
         return;
     }
-    if (!session_.watches(dir_)) {
-        emit(p, n, owner);
-        return;
-    }
     size_t off = 0;
     while (off < n) {
-        Session::ScanResult r = session_.scan(dir_, p + off, n - off);
+        if (!events_.watches(dir_)) {
+            emit(p + off, n - off, owner);
+            return;
+        }
+        ScanResult r = events_.scan(dir_, p + off, n - off);
         emit(p + off, r.pass, owner);
         off += r.pass;
         if (r.hold) {
             holding_for_trigger_ = true;
             trigger_hold_.assign(p + off, n - off);
-            source_.stop_reading();
+            update_reading();
             return;
         }
-        if (!r.fired) break;
+        if (!r.fired) return;
         // A fault fires after exactly `off` bytes; what follows goes through the pipe as the
         // fault left it.
-        session_.fire_pending();
-        if (mode_ != Mode::forward || !sink_.usable() || session_.ending()) return;
-        if (!session_.watches(dir_)) {
-            emit(p + off, n - off, owner);
-            return;
-        }
+        events_.fire_pending();
+        if (terminated_) return;
     }
 }
 
@@ -132,251 +155,190 @@ void Pipe::release_trigger_hold() {
     holding_for_trigger_ = false;
     std::string held;
     held.swap(trigger_hold_);
-    if (mode_ == Mode::forward && !held.empty()) process(held.data(), held.size(), nullptr);
-    if (!holding_for_trigger_) start();
+    if (!terminated_ && !held.empty()) process(held.data(), held.size(), nullptr);
+    update_reading();
     maybe_pass_fin();
 }
 
 void Pipe::emit(const char* p, size_t n, Chunk* owner) {
-    if (n == 0 || mode_ != Mode::forward) return;
+    if (n == 0 || terminated_) return;
     forwarded_ += n;
     if (!shaping()) {
         int err = sink_.write(p, n, owner);
         if (err != 0) {
-            session_.on_peer_reset(sink_, err);
+            events_.on_sink_error(dir_, err);
             return;
         }
         apply_backpressure();
         return;
     }
-    // Counted in µs from uv_hrtime: the loop's cached millisecond clock both lags real time
-    // and truncates, and a delay counted from it would end up to a millisecond early.
-    uint64_t now = uv_hrtime() / 1000;
-    uint64_t delay_us = static_cast<uint64_t>(latency_.count());
-    if (jitter_.count() > 0) {
-        std::uniform_int_distribution<int64_t> d(-jitter_.count(), jitter_.count());
-        int64_t v = static_cast<int64_t>(delay_us) + d(session_.rng());
-        delay_us = v < 0 ? 0 : static_cast<uint64_t>(v);
-    }
-    // Order is preserved: a chunk never leaves before the one read ahead of it.
-    uint64_t release = std::max(now + delay_us, last_release_us_);
-    last_release_us_ = release;
-    if (!queue_) queue_ = std::make_unique<std::deque<Held>>();
-    queue_->push_back(Held{std::string(p, n), 0, release});
+    faults::StageContext ctx = events_.stage_context();
+    if (!queue_) queue_ = std::make_unique<std::deque<faults::Held>>();
+    faults::Held h{std::string(p, n), 0, ctx.now_us};
+    for (auto& s : stages_) s->on_enqueue(h, ctx);
+    queue_->push_back(std::move(h));
     queued_held_ += n;
     apply_backpressure();
     pump();
 }
 
 void Pipe::pump() {
-    if (!sink_.usable() || slice_wait_ || stalled()) return;
-    uint64_t now_us = uv_hrtime() / 1000;
-    uint64_t now = uv_now(session_.loop());
+    pump_wake_us_ = 0;
+    if (!sink_.usable() || sink_.fin_requested()) {
+        rearm();
+        return;
+    }
+    faults::StageContext ctx = events_.stage_context();
+    size_t writes = 0;
     while (!queue_empty()) {
-        if (sink_.queued_bytes() >= kHighWatermark) return;  // on_write_done pumps again
-        Held& h = queue_->front();
-        if (h.release_us > now_us) {
-            // Rounded up; a libuv timer may still fire up to 1 ms early (its clock truncates
-            // to ms), in which case this check re-arms it for the remainder.
-            arm_timer((h.release_us - now_us + 999) / 1000);
-            return;
+        if (sink_.queued_bytes() >= kHighWatermark) break;  // on_write_done pumps again
+        faults::Held& h = queue_->front();
+        if (h.release_us > ctx.now_us) {
+            pump_wake_us_ = h.release_us;
+            break;
         }
-        size_t n = h.bytes.size() - h.off;
-        // Linux autocorks small writes made while an earlier one is still queued, merging
-        // the pieces back into one segment: the next piece waits until the last has left.
-        if (slice_max_ > 0 && unsent_bytes(sink_.tcp()) > 0) {
-            slice_wait_ = true;
-            arm_timer(0);
-            return;
+        faults::Stage::Gate g;
+        uint64_t wake = 0;
+        for (auto& s : stages_) {
+            faults::Stage::Gate sg = s->gate(h, ctx);
+            g.allow = std::min(g.allow, sg.allow);
+            g.own_segment = g.own_segment || sg.own_segment;
+            if (sg.allow == 0 && sg.wake_us != 0 && (wake == 0 || sg.wake_us < wake))
+                wake = sg.wake_us;
         }
-        if (slice_max_ > 0) {
-            std::uniform_int_distribution<uint64_t> d(slice_min_, slice_max_);
-            n = std::min<size_t>(n, d(session_.rng()));
+        if (g.allow == 0) {
+            pump_wake_us_ = wake;  // 0: until a stage changes
+            break;
         }
-        if (rate_ > 0) {
-            // Token bucket holding at most 50 ms of rate, so bursts stay small.
-            double cap = std::max<double>(static_cast<double>(rate_) / 20.0, 1.0);
-            tokens_ =
-                std::min(cap, tokens_ + static_cast<double>(now - refill_ms_) * rate_ / 1000.0);
-            refill_ms_ = now;
-            if (tokens_ < 1.0) {
-                uint64_t wait = static_cast<uint64_t>((1.0 - tokens_) * 1000.0 / rate_) + 1;
-                arm_timer(wait);
-                return;
-            }
-            n = std::min<size_t>(n, static_cast<size_t>(tokens_));
-            tokens_ -= static_cast<double>(n);
+        // Separate segments get a turn of the loop each, so a reader that keeps up sees them
+        // apart; plain writes go up to a bound per turn.
+        if (writes == kMaxWritesPerTurn || (g.own_segment && writes > 0)) {
+            next_turn_ = true;
+            break;
         }
-        int err = sink_.write(h.bytes.data() + h.off, n, nullptr);
+        size_t n = std::min(h.bytes.size() - h.off, g.allow);
+        int err = sink_.write(h.bytes.data() + h.off, n, nullptr, g.own_segment);
         if (err != 0) {
-            session_.on_peer_reset(sink_, err);
+            events_.on_sink_error(dir_, err);
             return;
         }
+        ++writes;
+        for (auto& s : stages_) s->on_sent(n, ctx);
         h.off += n;
         queued_held_ -= n;
         if (h.off == h.bytes.size()) queue_->pop_front();
-        if (slice_max_ > 0 && !queue_empty()) {
-            // One piece per timer turn: pieces leave as separate segments (TCP_NODELAY).
-            slice_wait_ = true;
-            arm_timer(slice_delay_ms_);
-            break;
-        }
+        if (terminated_) drain_deadline_us_ = ctx.now_us + kDrainBoundUs;
     }
     apply_backpressure();
     maybe_pass_fin();
-    try_fin();
-}
-
-void Pipe::arm_timer(uint64_t delay_ms) {
-    if (!timer_open_) {
-        uv_timer_init(session_.loop(), &timer_);
-        timer_.data = this;
-        timer_open_ = true;
-        session_.handle_opened();
+    rearm();
+    if (next_turn_) {
+        next_turn_ = false;
+        deadlines_.next_turn(this);
     }
-    uv_timer_start(&timer_, on_timer, delay_ms, 0);
-}
-
-void Pipe::on_timer(uv_timer_t* t) {
-    auto* self = static_cast<Pipe*>(t->data);
-    self->slice_wait_ = false;
-    self->pump();
-}
-
-void Pipe::close_timer() {
-    if (!timer_open_) return;
-    timer_open_ = false;
-    uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_timer_closed);
-}
-
-void Pipe::on_timer_closed(uv_handle_t* h) {
-    auto* self = static_cast<Pipe*>(h->data);
-    self->session_.timer_closed();
-}
-
-void Pipe::add_latency(config::Duration delay, config::Duration jitter) {
-    latency_ += delay;
-    jitter_ += jitter;
-}
-
-void Pipe::set_bandwidth(uint64_t bytes_per_sec) {
-    rate_ = bytes_per_sec;
-    tokens_ = 0;
-    refill_ms_ = uv_now(session_.loop());
-}
-
-void Pipe::set_slice(uint64_t min_size, uint64_t max_size, config::Duration delay) {
-    slice_min_ = min_size;
-    slice_max_ = max_size;
-    slice_delay_ms_ = static_cast<uint64_t>((delay.count() + 999) / 1000);
-}
-
-void Pipe::stall(config::StallFault::Mode mode, bool pass_close) {
-    if (mode == config::StallFault::Mode::hold) {
-        ++stall_holds_;
-    } else {
-        ++stall_drops_;
-        if (pass_close) ++stall_passing_;
-    }
-    apply_stall_reading();
-}
-
-void Pipe::unstall(config::StallFault::Mode mode, bool pass_close) {
-    int& n = mode == config::StallFault::Mode::hold ? stall_holds_ : stall_drops_;
-    if (n > 0) --n;
-    if (mode == config::StallFault::Mode::drop && pass_close && stall_passing_ > 0)
-        --stall_passing_;
-    if (!stalled() && source_error_ != 0 && mode_ == Mode::forward) {
-        session_.on_peer_reset(source_, source_error_);
-        return;
-    }
-    apply_stall_reading();
-    if (stalled()) return;
-    pump();
-    maybe_pass_fin();  // a FIN the stall held, when pump had nothing to send
-}
-
-// Reading after a stall began or ended: a drop stall reads (and discards) whatever else would
-// hold the source; without one, a hold stall, backpressure or a trigger's hold point stop it.
-// Stalls only decide this while the pipe forwards; the terminal modes read on their own.
-void Pipe::apply_stall_reading() {
-    if (mode_ != Mode::forward) return;
-    if (stall_drops_ == 0 && (stall_holds_ > 0 || paused_ || holding_for_trigger_))
-        source_.stop_reading();
-    start();
-}
-
-void Pipe::discard_pending(bool keep_shaped) {
-    trigger_hold_.clear();
-    holding_for_trigger_ = false;
-    if (keep_shaped && !stalled()) return;
-    queue_.reset();
-    queued_held_ = 0;
-}
-
-void Pipe::finish_with_fin() {
-    fin_wanted_ = true;
-    try_fin();
-}
-
-void Pipe::try_fin() {
-    if (!fin_wanted_ || !queue_empty() || !sink_.usable() || sink_.fin_requested()) return;
-    if (sink_.shutdown_write() != 0) sink_.reset();
+    check_drained();
 }
 
 void Pipe::apply_backpressure() {
     size_t queued = sink_.queued_bytes() + held_bytes();
     if (!paused_ && queued >= kHighWatermark) {
         paused_ = true;
-        if (stall_drops_ == 0) source_.stop_reading();  // a blackhole reads on
-        session_.on_backpressure(true);
+        update_reading();
     } else if (paused_ && queued <= kLowWatermark) {
         paused_ = false;
-        session_.on_backpressure(false);
-        start();
+        update_reading();
     }
 }
 
-void Pipe::on_write_done(int status) {
-    if (status != 0) {
-        // EPIPE/ECONNRESET: the sink reset us while bytes were in flight.
-        session_.on_peer_reset(sink_, status);
-        return;
-    }
+void Pipe::on_write_done() {
     apply_backpressure();
     pump();
-    maybe_pass_fin();
-    session_.on_write_drained();
 }
 
 void Pipe::maybe_pass_fin() {
-    if (!source_eof_ || source_error_ != 0 || mode_ != Mode::forward || sink_.fin_requested() ||
+    fin_wake_us_ = 0;
+    if (!source_eof_ || source_error_ != 0 || terminated_ || sink_.fin_requested() ||
         !sink_.usable())
         return;
-    if (sink_.queued_bytes() != 0 || held_bytes() != 0 || (stalled() && !close_passes()) ||
-        holding_for_trigger_)
-        return;
-    if (fin_delay_ms_ > 0) {
-        uint64_t now = uv_now(session_.loop());
-        if (fin_due_ms_ == 0) fin_due_ms_ = now + fin_delay_ms_;
-        if (now < fin_due_ms_) {
-            arm_timer(fin_due_ms_ - now);  // on_timer -> pump -> here again
-            return;
-        }
+    if (held_bytes() != 0 || holding_for_trigger_) return;
+    uint64_t release = 0;
+    for (const auto& s : stages_) {
+        if (s->holds_end()) return;
+        release = std::max(release, s->fin_release_us(fin_arrival_us_));
     }
+    if (release > Deadlines::now_us()) {
+        fin_wake_us_ = release;
+        rearm();
+        return;
+    }
+    // The FIN leaves after whatever the sink still queues.
     int err = sink_.shutdown_write();
-    if (err != 0) session_.on_peer_reset(sink_, err);
+    if (err != 0) events_.on_sink_error(dir_, err);
 }
 
-void Pipe::on_fin_sent(int status) {
-    if (status != 0) {
-        session_.on_peer_reset(sink_, status);
+void Pipe::on_fin_sent() {
+    fin_done_ = true;
+    events_.trace(dir_ == config::Direction::upstream ? "fin passed to server"
+                                                      : "fin passed to client");
+    events_.on_direction_done(dir_);
+}
+
+void Pipe::terminate(bool keep_shaped) {
+    if (terminated_) return;
+    terminated_ = true;
+    trigger_hold_.clear();
+    holding_for_trigger_ = false;
+    bool stalled = std::any_of(stages_.begin(), stages_.end(), [](const auto& s) {
+        return s->stops_reading() || s->drops_input();
+    });
+    if (!keep_shaped || stalled) {
+        queue_.reset();
+        queued_held_ = 0;
+    }
+    drain_deadline_us_ = Deadlines::now_us() + kDrainBoundUs;
+    fin_wake_us_ = 0;
+    pump();
+}
+
+void Pipe::check_drained() {
+    if (terminated_ && queue_empty()) events_.on_drained(dir_);
+}
+
+void Pipe::rearm() {
+    uint64_t next = 0;
+    auto consider = [&](uint64_t t) {
+        if (t != 0 && (next == 0 || t < next)) next = t;
+    };
+    consider(pump_wake_us_);
+    consider(fin_wake_us_);
+    for (const auto& s : stages_) consider(s->wake_us());
+    if (terminated_ && !queue_empty()) consider(drain_deadline_us_);
+    deadlines_.set(this, next);
+}
+
+void Pipe::on_deadline(uint64_t now) {
+    if (terminated_ && !queue_empty() && drain_deadline_us_ != 0 && now >= drain_deadline_us_) {
+        // The peer (or a zero rate) took nothing for too long: what is left is dropped.
+        queue_.reset();
+        queued_held_ = 0;
+    }
+    bool woke = false;
+    if (!stages_.empty()) {
+        faults::StageContext ctx = events_.stage_context();
+        // By index: a stage's wake-up may end the connection, never remove stages.
+        for (size_t i = 0; i < stages_.size(); ++i) {
+            uint64_t w = stages_[i]->wake_us();
+            if (w != 0 && w <= now) {
+                stages_[i]->on_wake(ctx);
+                woke = true;
+            }
+        }
+    }
+    if (woke) {
+        stages_changed();  // removes finished stages, pumps
         return;
     }
-    fin_done_ = true;
-    session_.trace(dir_ == config::Direction::upstream ? "fin passed to server"
-                                                       : "fin passed to client");
-    session_.on_direction_done();
+    pump();
 }
 
 }  // namespace tcpfault

@@ -1,47 +1,77 @@
 // One direction of a session: bytes read from `source` are written to `sink`, in order.
-// Pass-through is this pipe with no fault stages: a read goes straight to a write. Faults that
-// shape the stream (latency, bandwidth, slice, stall) make the pipe queue bytes and release
-// them from its timer; those held bytes count toward the same high/low watermarks that pause
-// and resume reading the source, so memory stays bounded under every fault.
-// The pipe also owns the direction's half-close: the source's FIN is passed on only once every
-// byte before it was written.
+//
+// The byte path: source -> (FTP filter) -> triggers (byte-exact fault points) -> stages ->
+// sink. Pass-through is this pipe with no stage shaping bytes: a read goes straight to a
+// write. Stages (faults/contracts.hpp: latency, bandwidth, slice, stall, ...) make the pipe
+// queue bytes and release them as every stage's gate allows; held bytes count toward the same
+// high/low watermarks that pause and resume reading the source, so memory stays bounded under
+// every fault.
+//
+// The pipe owns the direction's half-close: the source's FIN is passed on only once every byte
+// before it was written and no stage holds it. Once the session ends the connection the pipe
+// is terminated: nothing more is forwarded, bytes already let through still leave on their
+// stages' schedule (bounded: 3 s without progress drops them), and the session is told when
+// the pipe has drained so the sink's ending can go ahead.
+//
+// Timers: one deadline (the session's Deadlines) for the head of the queue, the delayed FIN
+// and the stages' own wake-ups; never 0 ms, and no re-arming without progress.
 #pragma once
-
-#include <uv.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <string>
+#include <vector>
 
-#include "config/config.hpp"
+#include "config/types.hpp"
+#include "faults/contracts.hpp"
 #include "ftp/ftp_rewrite.hpp"
 #include "net/buffer_pool.hpp"
+#include "net/deadlines.hpp"
+#include "net/endpoint.hpp"
 
 namespace tcpfault {
 
-class Endpoint;
-class Session;
-
-class Pipe {
+class Pipe final : private Deadlines::Client {
   public:
     // Envoy's ratio: resume at half the pause mark, so a draining queue does not flap.
     static constexpr size_t kHighWatermark = 256 * 1024;
     static constexpr size_t kLowWatermark = kHighWatermark / 2;
+    // Writes per turn of the loop (a piece sent as its own segment gets a turn to itself);
+    // more wait for the next turn, after the loop has polled for I/O.
+    static constexpr size_t kMaxWritesPerTurn = 256;
 
-    // What happens to bytes read from the source.
-    enum class Mode {
-        forward,        // normal
-        drop,           // read and discard (stall drop, idle drop, close then discard)
-        reset_on_data,  // the first byte is answered with RST (close then reset)
-        // Any segment, data or FIN, is answered with RST: a firewall that forgot the flow
-        // (idle reset).
-        reset_on_segment,
+    struct ScanResult {
+        size_t pass;  // bytes to forward first
+        bool fired;   // then fire the pending faults
+        bool hold;    // then hold the rest until a time condition passes
     };
 
-    Pipe(Session& session, Endpoint& source, Endpoint& sink, config::Direction dir)
-        : session_(session), source_(source), sink_(sink), dir_(dir) {}
+    // What the pipe reports to (and asks of) its session.
+    class Events {
+      public:
+        virtual void on_bytes(config::Direction dir, size_t n) = 0;  // read from the source
+        virtual bool watches(config::Direction dir) const = 0;       // triggers read it
+        virtual ScanResult scan(config::Direction dir, const char* p, size_t n) = 0;
+        virtual void fire_pending() = 0;
+        virtual void on_source_reset(config::Direction dir, int err) = 0;  // pass the RST on
+        virtual void on_sink_error(config::Direction dir, int err) = 0;
+        virtual void on_direction_done(config::Direction dir) = 0;  // FIN passed and handed over
+        virtual void on_drained(config::Direction dir) = 0;         // terminated and nothing held
+        virtual faults::StageContext stage_context() = 0;
+        virtual void trace(const char* event) = 0;
+
+      protected:
+        ~Events() = default;
+    };
+
+    Pipe(Events& events, Endpoint& source, Endpoint& sink, config::Direction dir,
+         Deadlines& deadlines)
+        : events_(events), source_(source), sink_(sink), dir_(dir), deadlines_(deadlines) {}
+    ~Pipe();
+    Pipe(const Pipe&) = delete;
+    Pipe& operator=(const Pipe&) = delete;
 
     config::Direction direction() const { return dir_; }
     uint64_t bytes() const { return bytes_; }          // read from the source
@@ -49,108 +79,74 @@ class Pipe {
     bool source_eof() const { return source_eof_; }
     bool done() const { return fin_done_; }  // FIN passed on and handed to the kernel
     size_t held_bytes() const { return queued_held_ + trigger_hold_.size(); }
+    bool terminated() const { return terminated_; }
+    bool drained() const { return terminated_ && queue_empty(); }
+    // A stage holds this direction with no end of its own (endless stall, zero rate).
+    bool held_endlessly() const;
 
     void start();  // begin reading the source
     // A protocol filter (FTP control channel) that may rewrite the stream before faults see it.
     void set_filter(faults::FtpLineFilter* f) { filter_ = f; }
-    void set_mode(Mode m);
-    Mode mode() const { return mode_; }
 
-    // Shaping stages; each stays for the rest of the connection.
-    void add_latency(config::Duration delay, config::Duration jitter);
-    void set_bandwidth(uint64_t bytes_per_sec);
-    void set_slice(uint64_t min_size, uint64_t max_size, config::Duration delay);
-    // slow_close: the source's FIN is passed on this long after it arrived.
-    void set_fin_delay(config::Duration d) {
-        fin_delay_ms_ = static_cast<uint64_t>(d.count() / 1000);
-    }
-    // Stall: hold stops reading (backpressure, nothing lost); drop reads and discards what
-    // arrives, a FIN or RST included (a blackhole). Stalls are counted: several rules may stall
-    // one direction, and it moves again only once each of them has ended (unstall with the
-    // same mode). While any drop stall is on, arriving bytes are discarded. Bytes read before
-    // the stall, and a FIN or RST it swallowed, are passed on when the last stall ends.
-    // `pass_close`: a drop stall that lets the source's FIN or RST through (Toxiproxy's
-    // timeout toxic); it applies while every stall on this direction is such a one.
-    void stall(config::StallFault::Mode mode, bool pass_close = false);
-    void unstall(config::StallFault::Mode mode, bool pass_close = false);
-    bool stalled() const { return stall_holds_ + stall_drops_ > 0; }
-    // Only drop stalls that let the close through hold this direction.
-    bool close_passes() const {
-        return stall_holds_ == 0 && stall_drops_ > 0 && stall_passing_ == stall_drops_;
-    }
-    // A reset or close fault ends the stream. Bytes behind a trigger's hold point were never
-    // let through and are dropped; bytes a shaping fault already let through (latency,
-    // bandwidth, slice) are still delivered when `keep_shaped`, unless a stall holds them.
-    void discard_pending(bool keep_shaped);
-    // FIN to the sink once every byte let through has been written (close fault).
-    void finish_with_fin();
+    void add_stage(std::unique_ptr<faults::Stage> s);
+    // Lifts the stages of a rule that was disabled or deleted.
+    void lift(const std::string& rule);
     // A trigger that held this direction (bytes reached, time not yet) is released.
     void release_trigger_hold();
-    void close_timer();
+    // Nothing more is forwarded: bytes behind a trigger's hold point are dropped; bytes stages
+    // already let through still leave (unless a stall holds them, or `keep_shaped` is false).
+    void terminate(bool keep_shaped);
 
-    // Endpoint callbacks.
-    void on_read(Chunk& chunk, ssize_t nread);
-    void on_write_done(int status);
-    void on_fin_sent(int status);
+    // From the source endpoint.
+    void on_data(Chunk& chunk, size_t n);
+    void on_eof();
+    void on_read_error(int err);
+    // From the sink endpoint.
+    void on_write_done();
+    void on_fin_sent();
 
   private:
-    struct Held {
-        std::string bytes;
-        size_t off = 0;
-        uint64_t release_us = 0;  // uv_hrtime() µs
-    };
-
+    bool queue_empty() const { return !queue_ || queue_->empty(); }
+    bool shaping() const { return shaping_stages_ > 0 || !queue_empty(); }
     void process(const char* p, size_t n, Chunk* owner);
     void emit(const char* p, size_t n, Chunk* owner);
     void pump();
-    bool shaping() const;
-    void arm_timer(uint64_t delay_ms);
+    void update_reading();
     void apply_backpressure();
-    void apply_stall_reading();
     void maybe_pass_fin();
-    void try_fin();
-    static void on_timer(uv_timer_t* t);
-    static void on_timer_closed(uv_handle_t* h);
+    void check_drained();
+    void stages_changed();
+    void rearm();
+    void on_deadline(uint64_t now_us) override;
 
-    Session& session_;
+    Events& events_;
     Endpoint& source_;
     Endpoint& sink_;
     config::Direction dir_;
+    Deadlines& deadlines_;
     uint64_t bytes_ = 0;
     uint64_t forwarded_ = 0;
     bool paused_ = false;  // reading stopped because the sink is full
     bool source_eof_ = false;
+    int source_error_ = 0;  // a RST from the source, held while a stage keeps the end
     bool fin_done_ = false;
-    Mode mode_ = Mode::forward;
+    bool terminated_ = false;
+    bool holding_for_trigger_ = false;
     faults::FtpLineFilter* filter_ = nullptr;
 
-    // Shaping state.
+    std::vector<std::unique_ptr<faults::Stage>> stages_;
+    int shaping_stages_ = 0;
     // Allocated on first use: an empty std::deque already costs ~600 bytes of heap, and most
     // connections never shape a byte.
-    std::unique_ptr<std::deque<Held>> queue_;
-    bool queue_empty() const { return !queue_ || queue_->empty(); }
+    std::unique_ptr<std::deque<faults::Held>> queue_;
     size_t queued_held_ = 0;
     std::string trigger_hold_;  // bytes behind a hold point, not yet scanned by triggers
-    bool holding_for_trigger_ = false;
-    config::Duration latency_{0};
-    config::Duration jitter_{0};
-    uint64_t last_release_us_ = 0;
-    uint64_t rate_ = 0;
-    double tokens_ = 0;
-    uint64_t refill_ms_ = 0;
-    uint64_t slice_min_ = 0;
-    uint64_t slice_max_ = 0;
-    uint64_t slice_delay_ms_ = 0;
-    bool slice_wait_ = false;  // a slice delay is running
-    int stall_holds_ = 0;      // stalls (hold) in force on this direction
-    int stall_drops_ = 0;      // stalls (drop) in force on this direction
-    int stall_passing_ = 0;    // of those, the ones that let a FIN or RST through
-    int source_error_ = 0;     // a RST (libuv error) from the source that a drop stall swallowed
-    bool fin_wanted_ = false;
-    uint64_t fin_delay_ms_ = 0;
-    uint64_t fin_due_ms_ = 0;  // when a delayed FIN may pass; 0 = not yet scheduled
-    uv_timer_t timer_{};
-    bool timer_open_ = false;
+    uint64_t fin_arrival_us_ = 0;
+    // Wanted wake-ups (µs; 0 = none); the earliest, with the stages', is the deadline.
+    uint64_t pump_wake_us_ = 0;
+    uint64_t fin_wake_us_ = 0;
+    uint64_t drain_deadline_us_ = 0;  // terminated: held bytes must move by then
+    bool next_turn_ = false;          // more could be written now: on the loop's next turn
 };
 
 }  // namespace tcpfault

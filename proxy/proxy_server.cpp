@@ -215,7 +215,7 @@ void ProxyServer::on_rule_tick() {
         if (window && !w.window && record_fault(rule)) {
             w.engaged = true;
             size_t open = active();
-            if (restart_fault != nullptr) restart(restart_fault->downtime);
+            if (restart_fault != nullptr) restart_fault->activate(*this);
             log::info("fault injected", {{"proxy", cfg_->name},
                                          {"rule", rule.name},
                                          {"fault", config::fault_name(rule.fault)},
@@ -388,7 +388,7 @@ ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* clie
             return Admission::hold;
         }
         s.log_fault(rule);
-        s.reject(cap->over, cap->banner);
+        s.reject(*cap);
         return Admission::rejected;
     }
     return Admission::admit;
@@ -413,6 +413,15 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
         }
         set_metrics(metrics_);  // declares series for new rules
         start_rule_clock();     // the new rules may include refuse/restart
+    }
+    // Rules deleted, disabled or replaced leave open connections: their stages are lifted and
+    // their pending triggers never fire.
+    for (const auto& was : old->rules) {
+        if (!was.enabled) continue;
+        auto now = std::find_if(cfg_->rules.begin(), cfg_->rules.end(),
+                                [&](const config::Rule& r) { return r.name == was.name; });
+        if (now == cfg_->rules.end() || !now->enabled || was.name == replaced)
+            for (auto& [id, s] : sessions_) s->lift_rule(was.name);
     }
     // Rules that are new, or newly enabled, also hit open connections (`existing`).
     for (const auto& rule : cfg_->rules) {
@@ -504,6 +513,20 @@ bool ProxyServer::record_fault(const config::Rule& rule) {
     }
     if (metrics_ != nullptr) metrics_->fault(name(), rule.name, config::fault_name(rule.fault));
     return true;
+}
+
+bool ProxyServer::is_own_listener(const sockaddr_storage& target) const {
+    return same_endpoint_or_wildcard(bound_, target);
+}
+
+void ProxyServer::count_suppressed(const config::Rule& rule, uint64_t conn, const char* why) {
+    log::info("fault suppressed", {{"proxy", name()},
+                                   {"conn", conn},
+                                   {"rule", rule.name},
+                                   {"fault", config::fault_name(rule.fault)},
+                                   {"reason", why}});
+    if (metrics_ != nullptr)
+        metrics_->fault_suppressed(name(), rule.name, config::fault_name(rule.fault));
 }
 
 void ProxyServer::count_rejected(const char* reason) {

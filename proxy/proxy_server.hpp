@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "faults/contracts.hpp"
 #include "ftp/ftp_data_listener.hpp"
 #include "net/worker.hpp"
 #include "observe/metrics.hpp"
@@ -52,7 +53,9 @@ struct ProxyShared {
     std::vector<ProxyServer*> instances;
 };
 
-class ProxyServer final : public FtpDataListener::Owner {
+class ProxyServer final : public FtpDataListener::Owner,
+                          public faults::ProxyControl,
+                          public SessionOwner {
   public:
     // `pool` null or without workers: a single instance on `loop`.
     ProxyServer(uv_loop_t* loop, std::shared_ptr<const config::Proxy> cfg,
@@ -67,7 +70,7 @@ class ProxyServer final : public FtpDataListener::Owner {
     void stop_accepting();
     // The crashed-and-restarted server: RST every open connection, refuse new ones for
     // `downtime` (restart fault, admin API).
-    void restart(config::Duration downtime);
+    void restart(config::Duration downtime) override;
     // Closes every open session (plain close, or RST with `with_reset`).
     void abort_sessions(bool with_reset);
     // Replaces the config used for new connections (same listen address).
@@ -87,7 +90,9 @@ class ProxyServer final : public FtpDataListener::Owner {
     void set_created_at_runtime() { created_at_runtime_ = true; }
     bool created_at_runtime() const { return created_at_runtime_; }
     const std::string& name() const override { return cfg_->name; }
-    uv_loop_t* loop() const { return loop_; }
+    uv_loop_t* loop() const override { return loop_; }
+    LoopQueue* loop_queue() const override { return queue_; }
+    bool is_own_listener(const sockaddr_storage& target) const override;
     // 0 for the main loop's instance, else the worker loop's number.
     unsigned worker() const { return worker_; }
     std::string listen_addr() const { return listen_addr_; }
@@ -103,27 +108,28 @@ class ProxyServer final : public FtpDataListener::Owner {
     // FTP data: opens a one-shot listener on `bind`'s address for a data connection to
     // `target`; fills `bound` with our address. "" or the error.
     std::string open_ftp_data(const sockaddr_storage& bind, const sockaddr_storage& target,
-                              bool accepted_is_server, sockaddr_storage* bound);
+                              bool accepted_is_server, sockaddr_storage* bound) override;
     void accept_data(uv_stream_t* listener, const sockaddr_storage& target,
                      bool accepted_is_server) override;
     void data_listener_closed(uint64_t id) override;
 
     // Rules: matching at accept, and injection counting (for `limit` and metrics).
     void set_seed(uint64_t seed) { seed_ = seed; }  // before listen()
-    uint64_t seed() const { return seed_; }
-    enum class Admission { admit, hold, rejected };
+    uint64_t seed() const override { return seed_; }
     // Applies matching rules to a new session; `cap` rules may hold or reject it.
-    Admission match_rules(Session& s, const sockaddr* client);
+    Admission match_rules(Session& s, const sockaddr* client) override;
     // A session that held `cap` slots ends: free them and admit who waits.
     void release_slots(const std::vector<std::string>& rules);
-    bool record_fault(const config::Rule& rule);
+    bool record_fault(const config::Rule& rule) override;
     uint64_t fired(const std::string& rule) const;
 
     // Session callbacks.
-    void session_finished(uint64_t id);
-    void count_bytes(config::Direction dir, size_t n);
+    void session_finished(uint64_t id) override;
+    void count_bytes(config::Direction dir, size_t n) override;
     void count_rejected(const char* reason) override;
-    void count_upstream_error(const char* kind);
+    // A rule's fault could not act (the connection was already ending): logged and counted.
+    void count_suppressed(const config::Rule& rule, uint64_t conn, const char* why) override;
+    void count_upstream_error(const char* kind) override;
 
     // Metrics: series declared for this proxy and its rules; scrape-time values folded in.
     void set_metrics(Metrics* m);

@@ -1,3 +1,5 @@
+// The session's lifecycle: accepting, connecting upstream, the events of its two sockets and
+// pipes, and the one path into `ending`. Rules and triggers are in session_rules.cpp.
 #include "proxy/session.hpp"
 
 #include <netinet/in.h>
@@ -7,14 +9,13 @@
 
 #include "net/uv_util.hpp"
 #include "observe/log.hpp"
-#include "proxy/proxy_server.hpp"
 
 namespace tcpfault {
 
 namespace {
-// How long a client told "upstream unavailable" by FIN may keep sending before we close
-// anyway; without reading its bytes, close() would turn our FIN into a RST.
-constexpr config::Duration kDrainTimeout = std::chrono::seconds(2);
+// Under an endless stall (or a zero rate) nothing tells the session that its peers left:
+// it looks at their TCP state this often.
+constexpr uint64_t kReapCheckUs = 1'000'000;
 
 const char* upstream_error_kind(int err) {
     switch (err) {
@@ -28,13 +29,44 @@ const char* upstream_error_kind(int err) {
             return "other";
     }
 }
+
+// The peer has closed (or reset) its end, by the kernel's TCP state.
+bool peer_closed(Endpoint& e) {
+    int fd = e.fd();
+    if (fd < 0) return true;
+    tcp_info info{};
+    socklen_t len = sizeof info;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return false;
+    switch (info.tcpi_state) {
+        case TCP_CLOSE_WAIT:
+        case TCP_LAST_ACK:
+        case TCP_CLOSING:
+        case TCP_TIME_WAIT:
+        case TCP_CLOSE:
+            return true;
+        default:
+            return false;
+    }
+}
+
+faults::Side side_of(const Endpoint& e) {
+    return e.side() == Endpoint::Side::client ? faults::Side::client : faults::Side::server;
+}
+faults::Side source_side(config::Direction d) {
+    return d == config::Direction::upstream ? faults::Side::client : faults::Side::server;
+}
+faults::Side other(faults::Side s) {
+    return s == faults::Side::client ? faults::Side::server : faults::Side::client;
+}
 }  // namespace
 
-Session::Session(ProxyServer& server, uint64_t id, std::shared_ptr<const config::Proxy> cfg,
+Session::Session(SessionOwner& server, uint64_t id, std::shared_ptr<const config::Proxy> cfg,
                  std::optional<DataTarget> data)
-    : server_(server), id_(id), cfg_(std::move(cfg)), data_(std::move(data)) {
-    client_.attach(&up_, &down_);
-    upstream_.attach(&down_, &up_);
+    : server_(server),
+      id_(id),
+      cfg_(std::move(cfg)),
+      deadlines_(server.loop(), *this),
+      data_(std::move(data)) {
     started_ms_ = uv_now(server_.loop());
     if (cfg_->protocol == config::Protocol::ftp) {
         channel_ = data_ ? config::Channel::data : config::Channel::control;
@@ -48,6 +80,10 @@ Session::Session(ProxyServer& server, uint64_t id, std::shared_ptr<const config:
 }
 
 Session::~Session() = default;
+
+uv_loop_t* Session::loop() const {
+    return server_.loop();
+}
 
 bool Session::local_addr(bool client_side, sockaddr_storage* out) const {
     const Endpoint& e = client_side ? client_ : upstream_;
@@ -67,15 +103,40 @@ std::string Session::open_ftp_data(const sockaddr_storage& bind, const sockaddr_
     return server_.open_ftp_data(bind, target, accepted_is_server, bound);
 }
 
+std::string Session::state() const {
+    auto name = [](const Endpoint& e) {
+        switch (e.state()) {
+            case Endpoint::State::unopened:
+                return "unopened";
+            case Endpoint::State::open:
+                return e.peer_fin() && e.fin_sent() ? "half-closed both"
+                       : e.peer_fin()               ? "peer half-closed"
+                       : e.fin_sent()               ? "half-closed"
+                                                    : "open";
+            case Endpoint::State::ending:
+                return ending_name(e.ending());
+            case Endpoint::State::closing:
+            case Endpoint::State::closed:
+                return "closed";
+        }
+        return "?";
+    };
+    return std::string(ending_      ? "ending"
+                       : connected_ ? "open"
+                                    : "connecting") +
+           " (client: " + name(client_) + ", server: " + name(upstream_) + ")";
+}
+
+// ---------------------------------------------------------------------------------------------
+// accepting and connecting
+
 void Session::accept(uv_stream_t* listener) {
     int err = accepted_->init(server_.loop());
     if (err == 0) err = uv_accept(listener, accepted_->stream());
     if (err != 0) {
         log::warn("accept failed", {{"proxy", cfg_->name}, {"error", uv_error_string(err)}});
         server_.count_rejected("accept_error");
-        closing_ = true;
-        accepted_->close();
-        handle_closed();
+        end_connection({Ending::close_now, Ending::close_now}, "accept failed", nullptr);
         return;
     }
     uv_tcp_nodelay(accepted_->tcp(), 1);
@@ -90,59 +151,24 @@ void Session::accept(uv_stream_t* listener) {
     }
     rng_.seed(server_.seed() ^ (id_ * 0x9e3779b97f4a7c15ULL));
     log::debug("accepted", {{"proxy", cfg_->name}, {"conn", id_}, {"client", client_addr_}});
-    if (server_.match_rules(*this, peer()) == ProxyServer::Admission::admit) admit();
+    if (server_.match_rules(*this, peer()) == SessionOwner::Admission::admit) admit();
 }
 
 void Session::admit() {
-    start_timer(cfg_->connect_timeout, on_connect_timeout);
+    if (ending_) return;
+    connect_deadline_us_ = now_us() + static_cast<uint64_t>(cfg_->connect_timeout.count());
+    rearm();
     resolve();
 }
 
-void Session::reject(config::CapFault::Over over, const std::string& banner) {
-    switch (over) {
-        case config::CapFault::Over::reset:
-            closing_ = true;
-            accepted_->reset();
-            handle_closed();
-            return;
-        case config::CapFault::Over::banner:
-            if (accepted_->write(banner.data(), banner.size(), nullptr) != 0) {
-                closing_ = true;
-                accepted_->reset();
-                handle_closed();
-                return;
-            }
-            [[fallthrough]];
-        case config::CapFault::Over::close:
-        case config::CapFault::Over::hold:  // not reached: held sessions are parked instead
-            upstream_failed_ = true;
-            close_client_gently();
-            return;
-    }
-}
-
-void Session::start_timer(config::Duration d, uv_timer_cb cb) {
-    if (!timer_open_) {
-        uv_timer_init(server_.loop(), &timer_);
-        timer_.data = this;
-        timer_open_ = true;
-        ++live_;
-    }
-    uint64_t ms = static_cast<uint64_t>((d.count() + 999) / 1000);
-    uv_timer_start(&timer_, cb, ms, 0);
-}
-
-// Connections without faults keep no timer once established.
-void Session::stop_timer() {
-    if (!timer_open_) return;
-    timer_open_ = false;
-    uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_timer_closed);
-}
-
-void Session::on_timer_closed(uv_handle_t* h) {
-    auto* self = static_cast<Session*>(h->data);
-    --self->live_;
-    self->handle_closed();
+void Session::reject(const config::CapFault& cap) {
+    faults::Endings e{cap.rejection(), Ending::close_now};
+    if (cap.over == config::CapFault::Over::banner &&
+        accepted_->write(cap.banner.data(), cap.banner.size(), nullptr) != 0)
+        e.client = Ending::reset_now;
+    if (accepted_ != &client_) std::swap(e.client, e.server);
+    upstream_failed_ = true;  // nothing will connect
+    end_connection(e, "cap", nullptr);
 }
 
 void Session::resolve() {
@@ -157,50 +183,43 @@ void Session::resolve() {
         connect_next();
         return;
     }
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_protocol = IPPROTO_TCP;
-    gai_.data = this;
-    std::string port = std::to_string(cfg_->upstream.port);
-    int err = uv_getaddrinfo(server_.loop(), &gai_, on_resolved, cfg_->upstream.host.c_str(),
-                             port.c_str(), &hints);
-    if (err != 0) {
-        upstream_failed("dns", err);
+    LoopQueue* queue = server_.loop_queue();
+    if (queue == nullptr) {
+        upstream_failed("dns", UV_ENOSYS);
         return;
     }
-    ++live_;  // the resolver thread will call back even if we close meanwhile
+    resolving_ = true;
+    // Cancelled in end_connection(), so the callback never sees a session that is gone.
+    lookup_ = Resolver::instance().resolve(cfg_->upstream.host, cfg_->upstream.port, *queue,
+                                           [this](const Resolver::Result& r) { on_resolved(r); });
 }
 
-void Session::on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
-    auto* self = static_cast<Session*>(req->data);
-    for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-        sockaddr_storage ss{};
-        std::memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-        self->addrs_.push_back(ss);
-    }
-    uv_freeaddrinfo(res);
-    --self->live_;
-    if (self->closing_) {
-        self->handle_closed();
+void Session::on_resolved(const Resolver::Result& r) {
+    resolving_ = false;
+    lookup_.reset();
+    if (ending_) return;
+    if (r.status != 0 || r.addrs.empty()) {
+        upstream_failed("dns", r.status != 0 ? r.status : UV_EAI_NONAME);
         return;
     }
-    if (status != 0 || self->addrs_.empty()) {
-        self->upstream_failed("dns", status != 0 ? status : UV_EAI_NONAME);
-        return;
-    }
-    self->connect_next();
+    addrs_ = r.addrs;
+    connect_next();
 }
 
 void Session::connect_next() {
     const sockaddr_storage& ss = addrs_[next_addr_++];
+    if (server_.is_own_listener(ss)) {
+        // Connecting would accept a connection of our own, which would connect again...
+        upstream_failed("other", UV_ELOOP);
+        return;
+    }
     bool clamp = has_preconnect_clamp();
     int err = outgoing_->init(server_.loop(), clamp ? ss.ss_family : AF_UNSPEC);
     if (err == 0 && clamp) {
         for (const auto& r : rules_) {
             const auto* f = std::get_if<config::ClampFault>(&r.rule->fault);
-            if (f != nullptr && !r.rule->when && f->side != config::Target::client)
-                apply_clamp(*outgoing_, true, *f);
+            if (f != nullptr && !r.rule->when && faults::hits_server(f->side))
+                f->configure(outgoing_->fd(), faults::Side::server, identity());
         }
     }
     if (err == 0) {
@@ -218,13 +237,12 @@ void Session::connect_next() {
 void Session::on_connect(uv_connect_t* req, int status) {
     auto* self = static_cast<Session*>(req->data);
     self->connecting_ = false;
-    if (status == UV_ECANCELED || self->closing_) return;
+    if (status == UV_ECANCELED || self->ending_) return;
     if (status != 0) {
-        self->last_connect_err_ = status;
         if (self->next_addr_ < self->addrs_.size()) {
-            // Try the next address once this socket's handle is closed (see endpoint_closed).
+            // Try the next address once this socket's handle is closed (see on_closed).
             self->retry_pending_ = true;
-            self->outgoing_->close();
+            self->outgoing_->end(Ending::close_now);
             return;
         }
         self->upstream_failed(upstream_error_kind(status), status);
@@ -235,23 +253,18 @@ void Session::on_connect(uv_connect_t* req, int status) {
 
 void Session::on_connected() {
     connected_ = true;
-    stop_timer();
+    connect_deadline_us_ = 0;
+    rearm();
     uv_tcp_nodelay(outgoing_->tcp(), 1);
     // Rules without `when` act "at accept": once both sockets exist, before any byte moves.
     start_rules();
-    if (ending()) return;
+    if (ending_) return;
     up_.start();
     down_.start();
 }
 
-void Session::on_connect_timeout(uv_timer_t* t) {
-    auto* self = static_cast<Session*>(t->data);
-    self->timed_out_ = true;
-    self->upstream_failed("timeout", UV_ETIMEDOUT);
-}
-
 void Session::upstream_failed(const char* kind, int err) {
-    if (closing_ || upstream_failed_) return;
+    if (ending_ || upstream_failed_) return;
     upstream_failed_ = true;
     server_.count_upstream_error(kind);
     server_.count_rejected("upstream_error");
@@ -261,33 +274,138 @@ void Session::upstream_failed(const char* kind, int err) {
                                  {"upstream", cfg_->upstream.str()},
                                  {"error", kind},
                                  {"detail", uv_error_string(err)}});
-    outgoing_->close();
     retry_pending_ = false;
-    if (cfg_->on_upstream_error == config::OnUpstreamError::reset) {
-        closing_ = true;
-        accepted_->reset();
-        stop_timer();
-        handle_closed();
-        return;
-    }
-    close_client_gently();
+    // The client is told by RST, or by FIN (its further bytes read and dropped, so our close
+    // is not turned into a RST by bytes it still sends).
+    Ending to_client =
+        cfg_->on_upstream_error == config::OnUpstreamError::reset ? Ending::reset_now : Ending::fin;
+    faults::Endings e{to_client, Ending::close_now};
+    if (accepted_ != &client_) std::swap(e.client, e.server);
+    end_connection(e, "upstream error", nullptr);
 }
 
-// FIN to the client, then read and drop what it still sends until its FIN, so the kernel does
-// not answer our close with a RST over unread bytes.
-void Session::close_client_gently() {
-    (accepted_ == &client_ ? up_ : down_).set_mode(Pipe::Mode::drop);
-    int e = accepted_->shutdown_write();
-    if (e != 0) {
-        close_all();
-        return;
-    }
-    accepted_->start_reading();
-    start_timer(kDrainTimeout, on_drain_timeout);
+void Session::abort(bool with_reset) {
+    Ending k = with_reset ? Ending::reset_now : Ending::close_now;
+    end_connection({k, k}, with_reset ? "restart" : "stopping", nullptr);
 }
 
-void Session::on_drain_timeout(uv_timer_t* t) {
-    static_cast<Session*>(t->data)->close_all();
+// ---------------------------------------------------------------------------------------------
+// ending
+
+void Session::end(const faults::Endings& e, std::string_view rule) {
+    const config::Rule* r = nullptr;
+    for (const auto& a : rules_)
+        if (a.rule->name == rule) r = a.rule;
+    end_connection(e, rule, r);
+}
+
+void Session::end_connection(faults::Endings e, std::string_view why, const config::Rule* rule) {
+    for (faults::Side s : {faults::Side::client, faults::Side::server})
+        if (e.of(s) == Ending::none) e.of(s) = Ending::fin;
+    if (ending_) {
+        bool stronger = false;
+        for (faults::Side s : {faults::Side::client, faults::Side::server}) {
+            if (ending_strength(e.of(s)) <= ending_strength(endings_.of(s))) continue;
+            endings_.of(s) = e.of(s);
+            stronger = true;
+            end_side(s);
+        }
+        if (!stronger && rule != nullptr) server_.count_suppressed(*rule, id_, "already ending");
+        return;
+    }
+    ending_ = true;
+    endings_ = e;
+    if (lookup_) {
+        lookup_->cancel();  // the answer, if it comes, goes nowhere
+        lookup_.reset();
+        resolving_ = false;
+    }
+    log::debug("ending", {{"proxy", cfg_->name},
+                          {"conn", id_},
+                          {"why", why},
+                          {"client", ending_name(e.client)},
+                          {"server", ending_name(e.server)}});
+    for (auto& r : rules_) r.deadline_us = 0;
+    pending_fire_.clear();
+    connect_deadline_us_ = 0;
+    reap_check_us_ = 0;
+    rearm();
+    if (connecting_ || (!connected_ && outgoing_->usable())) {
+        // Still connecting: the outgoing socket has nothing to flush.
+        faults::Side out = side_of(*outgoing_);
+        if (ending_strength(endings_.of(out)) < ending_strength(Ending::close_now))
+            endings_.of(out) = Ending::close_now;
+    }
+    auto abrupt = [](Ending k) { return k == Ending::reset_now || k == Ending::close_now; };
+    up_.terminate(!abrupt(endings_.server));
+    down_.terminate(!abrupt(endings_.client));
+    end_side(faults::Side::client);
+    end_side(faults::Side::server);
+    check_finished();
+}
+
+// A side ends once the bytes let through toward it have left (an abrupt ending does not
+// wait). The pipe tells when it has drained (on_drained).
+void Session::end_side(faults::Side s) {
+    Endpoint& e = endpoint(s);
+    Ending k = endings_.of(s);
+    bool abrupt = k == Ending::reset_now || k == Ending::close_now;
+    if (!abrupt && !pipe_into(e).drained()) return;
+    e.end(k);
+}
+
+void Session::on_drained(config::Direction dir) {
+    if (!ending_) return;
+    end_side(other(source_side(dir)));
+}
+
+// Once both sockets are closed (or never opened) and no lookup is out, the timer closes too;
+// its close callback, always asynchronous, is the last one, so a session is never freed
+// from inside its own code.
+void Session::check_finished() {
+    if (!ending_ || finished_) return;
+    auto gone = [](const Endpoint& e) {
+        return e.state() == Endpoint::State::unopened || e.state() == Endpoint::State::closed;
+    };
+    if (!gone(client_) || !gone(upstream_) || resolving_) return;
+    finished_ = true;
+    deadlines_.close();
+}
+
+void Session::on_closed(Endpoint& e) {
+    --live_;
+    if (&e == outgoing_ && retry_pending_ && !ending_) {
+        retry_pending_ = false;
+        outgoing_->recycle();
+        connect_next();
+        return;
+    }
+    if (!ending_)  // closed on its own while open: end the rest
+        end_connection({Ending::reset, Ending::reset}, "socket closed", nullptr);
+    check_finished();
+    maybe_free();
+}
+
+void Session::handle_closed() {
+    --live_;
+    maybe_free();
+}
+
+// The single place a session is freed, always at the tail of a libuv callback: when it has
+// finished and nothing can call back into it.
+void Session::maybe_free() {
+    if (finished_ && live_ == 0) server_.session_finished(id_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// events of the sockets and pipes
+
+void Session::on_write_error(Endpoint& e, int err) {
+    on_sink_error(pipe_into(e).direction(), err);
+}
+
+void Session::on_discarded(Endpoint& e, size_t n) {
+    server_.count_bytes(pipe_from(e).direction(), n);
 }
 
 void Session::on_bytes(config::Direction dir, size_t n) {
@@ -298,68 +416,83 @@ void Session::trace(const char* event) {
     log::debug(event, {{"proxy", cfg_->name}, {"conn", id_}});
 }
 
-void Session::on_backpressure(bool paused) {
-    log::debug(paused ? "backpressure on" : "backpressure off",
-               {{"proxy", cfg_->name}, {"conn", id_}});
-}
-
-void Session::on_peer_reset(Endpoint& who, int err) {
-    if (closing_) return;
-    Endpoint& other = (&who == &client_) ? upstream_ : client_;
+// A peer's RST is passed on as a RST, after the bytes it sent before it.
+void Session::on_source_reset(config::Direction dir, int err) {
+    faults::Side gone = source_side(dir);
     log::debug("peer reset", {{"proxy", cfg_->name},
                               {"conn", id_},
-                              {"side", who.side() == Endpoint::Side::client ? "client" : "server"},
+                              {"side", gone == faults::Side::client ? "client" : "server"},
                               {"error", uv_error_string(err)}});
-    closing_ = true;
-    stop_timer();
-    close_pipe_timers();
-    other.reset();
-    who.reset();
-    handle_closed();
+    faults::Endings e;
+    e.of(gone) = Ending::reset_now;
+    e.of(other(gone)) = Ending::reset;
+    end_connection(e, "peer reset", nullptr);
 }
 
-void Session::on_direction_done() {
-    if (close_fault_) return;  // the close fault decides when the session ends
-    if (up_.done() && down_.done()) close_all();
+// Writing failed (EPIPE/ECONNRESET): the sink reset us while bytes were in flight.
+void Session::on_sink_error(config::Direction dir, int err) {
+    faults::Side gone = other(source_side(dir));
+    log::debug("write failed", {{"proxy", cfg_->name},
+                                {"conn", id_},
+                                {"side", gone == faults::Side::client ? "client" : "server"},
+                                {"error", uv_error_string(err)}});
+    faults::Endings e;
+    e.of(gone) = Ending::reset_now;
+    e.of(other(gone)) = Ending::reset;
+    end_connection(e, "peer reset", nullptr);
 }
 
-void Session::close_all() {
-    if (closing_ && !client_.usable() && !upstream_.usable()) return;
-    closing_ = true;
-    stop_timer();
-    close_pipe_timers();
-    client_.close();
-    upstream_.close();
-    handle_closed();
+void Session::on_direction_done(config::Direction) {
+    if (up_.done() && down_.done()) end_connection({Ending::fin, Ending::fin}, "done", nullptr);
 }
 
-void Session::abort(bool with_reset) {
-    if (with_reset) {
-        closing_ = true;
-        stop_timer();
-        close_pipe_timers();
-        client_.reset();
-        upstream_.reset();
-        handle_closed();
-        return;
+// ---------------------------------------------------------------------------------------------
+// the session's own deadline: connect timeout, rule timers, the endless-stage reaper
+
+void Session::rearm() {
+    uint64_t next = 0;
+    auto consider = [&](uint64_t t) {
+        if (t != 0 && (next == 0 || t < next)) next = t;
+    };
+    consider(connect_deadline_us_);
+    consider(reap_check_us_);
+    if (!ending_)
+        for (const auto& r : rules_)
+            if (!r.done) consider(r.deadline_us);
+    deadlines_.set(this, next);
+}
+
+void Session::on_deadline(uint64_t now) {
+    if (connect_deadline_us_ != 0 && now >= connect_deadline_us_) {
+        connect_deadline_us_ = 0;
+        // Still resolving when time ran out: the name is what failed.
+        upstream_failed(resolving_ ? "dns" : "timeout", UV_ETIMEDOUT);
     }
-    close_all();
-}
-
-void Session::endpoint_closed(Endpoint& e) {
-    --live_;
-    if (&e == outgoing_ && retry_pending_ && !closing_) {
-        retry_pending_ = false;
-        outgoing_->recycle();
-        connect_next();
-        return;
+    for (size_t i = 0; i < rules_.size() && !ending_; ++i) {
+        auto& r = rules_[i];
+        if (r.done || r.deadline_us == 0 || r.deadline_us > now) continue;
+        r.deadline_us = 0;
+        bool fire_now = r.trigger.time_reached();
+        if (r.downstream) fire_now = r.downstream->time_reached() || fire_now;
+        if (fire_now) fire(i);
+        // A stream held at the byte threshold moves on once its fault has acted.
+        if (!ending_) {
+            up_.release_trigger_hold();
+            down_.release_trigger_hold();
+        }
+        recount_watchers();
     }
-    handle_closed();
-}
-
-// The single place a session is freed: when it is closing and nothing can call back into it.
-void Session::handle_closed() {
-    if (closing_ && live_ == 0) server_.session_finished(id_);
+    if (!ending_ && reap_check_us_ != 0 && now >= reap_check_us_) {
+        reap_check_us_ = 0;
+        // Nobody is left on either side: end instead of holding forever.
+        if (peer_closed(client_) && peer_closed(upstream_)) {
+            end_connection({Ending::close_now, Ending::close_now}, "both peers gone", nullptr);
+            return;
+        }
+    }
+    if (!ending_ && (up_.held_endlessly() || down_.held_endlessly()))
+        reap_check_us_ = now + kReapCheckUs;
+    rearm();
 }
 
 }  // namespace tcpfault

@@ -1,31 +1,78 @@
 // One proxied connection: the accepted client socket, the socket to the upstream, and the
-// two pipes between them. The session ends when both directions have passed their FIN, or at
-// once on a reset, an upstream failure or a forced stop. It is freed only after every handle
-// it owns has run its close callback (and every in-flight request has called back), so no
-// libuv callback ever sees a dangling session.
+// two pipes between them.
+//
+// Its lifecycle: connecting (resolve, connect) -> open (bytes flow both ways; each direction
+// may half-close on its own) -> ending -> finished. There is exactly one way into `ending`:
+// end_connection(), with a named ending per side (net/ending.hpp) and a reason. Faults
+// (through the faults::Connection interface), a peer's RST (mirrored), a failed upstream, a
+// cap rejection, a restart, the end of the grace period, and the normal end once both FINs
+// have passed all go through it. It is idempotent: a later, stronger ending still overrides a
+// side's weaker one; anything else a rule asks then is logged and counted as suppressed.
+// Inside an ending, nothing more is forwarded; each side waits for the bytes already let
+// through toward it (its pipe drains) and then ends its socket as told, so the side a fault
+// does not target gets every forwarded byte, then a FIN.
+//
+// The session is freed only after every handle it owns has run its close callback, so no
+// libuv callback ever sees a dangling session. All its timed work shares one timer.
 #pragma once
 
 #include <uv.h>
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "config/config.hpp"
+#include "faults/contracts.hpp"
 #include "faults/rule_matcher.hpp"
 #include "faults/trigger.hpp"
 #include "ftp/ftp_control.hpp"
+#include "net/deadlines.hpp"
 #include "net/endpoint.hpp"
+#include "net/loop_queue.hpp"
+#include "net/resolver.hpp"
 #include "proxy/pipe.hpp"
 
 namespace tcpfault {
 
-class ProxyServer;
+class Session;
 
-class Session final : public FtpControl::Host {
+// What a session needs from the proxy that owns it: admission, counters and its own end.
+class SessionOwner {
+  public:
+    virtual uv_loop_t* loop() const = 0;
+    // Hands work to this loop from another thread (name lookups answer through it).
+    virtual LoopQueue* loop_queue() const = 0;
+    virtual uint64_t seed() const = 0;
+    enum class Admission { admit, hold, rejected };
+    // Applies the matching rules to a new session; `cap` rules may hold or reject it.
+    virtual Admission match_rules(Session& s, const sockaddr* client) = 0;
+    // A rule's fault is about to act: counts it (false: `limit` reached, or the rule is gone).
+    virtual bool record_fault(const config::Rule& rule) = 0;
+    // A rule's fault could not act (the connection was already ending): logged and counted.
+    virtual void count_suppressed(const config::Rule& rule, uint64_t conn, const char* why) = 0;
+    virtual void count_bytes(config::Direction dir, size_t n) = 0;
+    virtual void count_rejected(const char* reason) = 0;
+    virtual void count_upstream_error(const char* kind) = 0;
+    virtual std::string open_ftp_data(const sockaddr_storage& bind, const sockaddr_storage& target,
+                                      bool accepted_is_server, sockaddr_storage* bound) = 0;
+    // `target` is this proxy's own listening socket (a loop: refused).
+    virtual bool is_own_listener(const sockaddr_storage& target) const = 0;
+    // Every handle of the session has closed: the owner frees it.
+    virtual void session_finished(uint64_t id) = 0;
+
+  protected:
+    ~SessionOwner() = default;
+};
+
+class Session final : public FtpControl::Host,
+                      public faults::Connection,
+                      private Endpoint::Events,
+                      private Pipe::Events,
+                      private Deadlines::Owner,
+                      private Deadlines::Client {
   public:
     // An FTP data connection: the target address comes from the control channel, and in
     // active mode the socket we accept is the server's and we connect out to the client.
@@ -34,7 +81,7 @@ class Session final : public FtpControl::Host {
         bool accepted_is_server = false;
     };
 
-    Session(ProxyServer& server, uint64_t id, std::shared_ptr<const config::Proxy> cfg,
+    Session(SessionOwner& server, uint64_t id, std::shared_ptr<const config::Proxy> cfg,
             std::optional<DataTarget> data = std::nullopt);
     ~Session();
     Session(const Session&) = delete;
@@ -50,121 +97,126 @@ class Session final : public FtpControl::Host {
     // Takes the pending connection from the listener and starts connecting upstream.
     void accept(uv_stream_t* listener);
 
-    // Forced end (grace period over, proxy removed): close both sockets now.
+    // Forced end: RST both sides (restart), or close them now (grace period over).
     void abort(bool with_reset);
 
     uv_loop_t* loop() const;
-    ProxyServer& server() { return server_; }
-    faults::SplitMix64& rng() { return rng_; }
-    // True once a terminal fault or a reset ends the connection: no more bytes move.
-    bool ending() const { return closing_ || terminal_; }
+    bool ending() const override { return ending_; }
 
     // Admission under `cap`: slots held (released when the session ends), a parked session
     // admitted later, or a rejection the way the rule says.
     void take_slot(const std::string& rule) { slots_.push_back(rule); }
     const std::vector<std::string>& slots() const { return slots_; }
     void admit();
-    void reject(config::CapFault::Over over, const std::string& banner);
+    void reject(const config::CapFault& cap);
     void log_fault(const config::Rule& rule);
 
-    // Applies the proxy's matching rules to this connection (at accept, or when a rule is
-    // added at runtime with `existing`).
+    // Applies one of the proxy's matching rules to this connection at accept.
     void apply_rule(const config::Rule* rule);
     // Same for a rule that appeared while the connection was open; `snapshot` owns the rule.
     void apply_runtime_rule(const config::Rule* rule,
                             std::shared_ptr<const config::Proxy> snapshot);
+    // A rule was disabled or deleted: its stages and pending triggers leave this connection.
+    void lift_rule(const std::string& name);
     uint64_t ordinal() const { return ordinal_; }
+    void set_ordinal(uint64_t n) { ordinal_ = n; }
     config::Channel channel() const { return channel_; }
-    // The local address of the client-facing / server-facing socket (FTP data listeners bind
-    // there, so the address written into PASV/PORT is one the peer can reach).
+    const sockaddr* peer() const { return reinterpret_cast<const sockaddr*>(&peer_); }
+    std::vector<std::string> rule_names() const;
+    // "open", "ending", and each socket's state, for the connection listing.
+    std::string state() const;
+
+    // FtpControl::Host
     bool local_addr(bool client_side, sockaddr_storage* out) const override;
     bool server_peer_addr(sockaddr_storage* out) const override;
     std::string open_ftp_data(const sockaddr_storage& bind, const sockaddr_storage& target,
                               bool accepted_is_server, sockaddr_storage* bound) override;
-    std::vector<std::string> rule_names() const {
-        std::vector<std::string> out;
-        for (const auto& r : rules_) out.push_back(r.rule->name);
-        return out;
-    }
-    const sockaddr* peer() const { return reinterpret_cast<const sockaddr*>(&peer_); }
-    void set_ordinal(uint64_t n) { ordinal_ = n; }
 
-    // Trigger scanning for a pipe: where in [p, p+n) the next fault fires or the stream holds.
-    struct ScanResult {
-        size_t pass;  // bytes to forward first
-        bool fired;   // then fire_pending()
-        bool hold;    // then hold the rest until a time condition passes
-    };
-    bool watches(config::Direction dir) const {
-        return watching_[dir == config::Direction::upstream ? 0 : 1] > 0;
-    }
-    ScanResult scan(config::Direction dir, const char* p, size_t n);
-    void fire_pending();
-
-    // Endpoint / Pipe callbacks.
-    void handle_opened() { ++live_; }
-    void timer_closed() {
-        --live_;
-        handle_closed();
-    }
-    void on_activity();
-    void on_write_drained();
-    void on_data_after_close(Endpoint& who);
-    void on_eof_after_close(Endpoint& who);
-    void endpoint_closed(Endpoint& e);
-    void on_bytes(config::Direction dir, size_t n);
-    void on_peer_reset(Endpoint& who, int err);
-    void on_direction_done();
-    void on_backpressure(bool paused);
-    void trace(const char* event);  // debug-level lifecycle log line
+    // faults::Connection
+    faults::LogIdentity identity() const override { return {cfg_->name, id_}; }
+    void end(const faults::Endings& e, std::string_view rule) override;
+    void add_stage(config::Direction d, std::unique_ptr<faults::Stage> s) override;
+    int socket_fd(faults::Side s) override;
+    void set_max_read(faults::Side s, size_t n) override;
+    void log_event(std::string_view event, std::string_view rule, std::string_view detail) override;
+    uint64_t now_us() const override { return Deadlines::now_us(); }
 
   private:
     struct AppliedRule {
         const config::Rule* rule;
-        faults::Trigger trigger;
-        uint64_t deadline_ms = 0;  // `after` timer, 0 when none is running
-        bool done = false;
+        // `direction: both` watches each direction with a trigger of its own.
+        faults::Trigger trigger;  // its direction's, or upstream's for `direction: both`
+        std::optional<faults::Trigger> downstream;  // `direction: both`: the other one
+        uint64_t deadline_us = 0;                   // `after` timer, 0 when none is running
+        bool done = false;                          // fired, or lifted
+        faults::Trigger* trigger_for(config::Direction d);
     };
 
-    void resolve();
+    // The one way into `ending`.
+    void end_connection(faults::Endings e, std::string_view why, const config::Rule* rule);
+    void end_side(faults::Side s);
+    void check_finished();
+    void maybe_free();
+
+    // Rules.
     void start_rules();
+    bool start_rule(size_t i, bool catch_up);  // true: fires now
     void fire(size_t i);
     void arm_rule_timers();
     void recount_watchers();
-    void fault_reset(config::Target to, bool flush);
-    void finish_reset();
-    void fault_close(config::Target to, config::CloseFault::Then then);
-    void fault_stall(const config::StallFault& f, size_t rule);
-    void end_stall(size_t k);
-    void fault_clamp(const config::ClampFault& f);
-    void apply_clamp(Endpoint& e, bool server_side, const config::ClampFault& f);
-    // Server-side clamps of rules acting at accept, set on the new socket before connect():
-    // the MSS and window scale are negotiated in the handshake.
     bool has_preconnect_clamp() const;
-    void each_pipe(config::Direction d, const std::function<void(Pipe&)>& fn);
-    void rearm_fault_timer();
-    void close_pipe_timers();
-    static void on_fault_timer(uv_timer_t* t);
+    void rearm();
+
+    // Connecting.
+    void resolve();
     void connect_next();
     void on_connected();
     void upstream_failed(const char* kind, int err);
-    void close_client_gently();
-    void close_all();
-    void start_timer(config::Duration d, uv_timer_cb cb);
-    void stop_timer();
-    void handle_closed();
-
-    static void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res);
+    void on_resolved(const Resolver::Result& r);
     static void on_connect(uv_connect_t* req, int status);
-    static void on_connect_timeout(uv_timer_t* t);
-    static void on_drain_timeout(uv_timer_t* t);
-    static void on_timer_closed(uv_handle_t* h);
 
-    ProxyServer& server_;
+    Endpoint& endpoint(faults::Side s) { return s == faults::Side::client ? client_ : upstream_; }
+    Pipe& pipe_from(const Endpoint& e) { return &e == &client_ ? up_ : down_; }
+    Pipe& pipe_into(const Endpoint& e) { return &e == &client_ ? down_ : up_; }
+    Pipe& pipe(config::Direction d) { return d == config::Direction::upstream ? up_ : down_; }
+
+    // Endpoint::Events
+    void on_opened(Endpoint&) override { ++live_; }
+    void on_data(Endpoint& e, Chunk& chunk, size_t n) override { pipe_from(e).on_data(chunk, n); }
+    void on_eof(Endpoint& e) override { pipe_from(e).on_eof(); }
+    void on_read_error(Endpoint& e, int err) override { pipe_from(e).on_read_error(err); }
+    void on_write_done(Endpoint& e) override { pipe_into(e).on_write_done(); }
+    void on_write_error(Endpoint& e, int err) override;
+    void on_fin_sent(Endpoint& e) override { pipe_into(e).on_fin_sent(); }
+    void on_discarded(Endpoint& e, size_t n) override;
+    void on_closed(Endpoint& e) override;
+
+    // Pipe::Events
+    void on_bytes(config::Direction dir, size_t n) override;
+    bool watches(config::Direction dir) const override {
+        return watching_[dir == config::Direction::upstream ? 0 : 1] > 0;
+    }
+    Pipe::ScanResult scan(config::Direction dir, const char* p, size_t n) override;
+    void fire_pending() override;
+    void on_source_reset(config::Direction dir, int err) override;
+    void on_sink_error(config::Direction dir, int err) override;
+    void on_direction_done(config::Direction dir) override;
+    void on_drained(config::Direction dir) override;
+    faults::StageContext stage_context() override { return {now_us(), rng_, *this}; }
+    void trace(const char* event) override;
+
+    // Deadlines::Owner and ::Client
+    void handle_opened() override { ++live_; }
+    void handle_closed() override;
+    void on_deadline(uint64_t now_us) override;
+
+    SessionOwner& server_;
     uint64_t id_;
     std::shared_ptr<const config::Proxy> cfg_;
-    Endpoint client_{*this, Endpoint::Side::client};
-    Endpoint upstream_{*this, Endpoint::Side::server};
+    // Before the endpoints and pipes, which hold it, and destroyed after them.
+    Deadlines deadlines_;
+    Endpoint client_{Endpoint::Side::client, *this, deadlines_};
+    Endpoint upstream_{Endpoint::Side::server, *this, deadlines_};
     // The socket we accepted and the one we connect (client_/upstream_, swapped for an
     // active-mode FTP data connection).
     Endpoint* accepted_ = &client_;
@@ -172,15 +224,15 @@ class Session final : public FtpControl::Host {
     std::optional<DataTarget> data_;
     config::Channel channel_ = config::Channel::any;
     std::unique_ptr<FtpControl> ftp_;
-    Pipe up_{*this, client_, upstream_, config::Direction::upstream};
-    Pipe down_{*this, upstream_, client_, config::Direction::downstream};
+    Pipe up_{*this, client_, upstream_, config::Direction::upstream, deadlines_};
+    Pipe down_{*this, upstream_, client_, config::Direction::downstream, deadlines_};
 
-    uv_getaddrinfo_t gai_{};
+    std::shared_ptr<Resolver::Ticket> lookup_;
     uv_connect_t connect_req_{};
-    uv_timer_t timer_{};
     std::vector<sockaddr_storage> addrs_;  // upstream candidates, tried in order
     size_t next_addr_ = 0;
-    int last_connect_err_ = 0;
+    uint64_t connect_deadline_us_ = 0;
+    uint64_t reap_check_us_ = 0;  // under an endless stage: next look at whether both peers left
 
     std::vector<AppliedRule> rules_;
     std::vector<std::string> slots_;
@@ -190,39 +242,21 @@ class Session final : public FtpControl::Host {
     sockaddr_storage peer_{};
     std::vector<size_t> pending_fire_;
     // Trigger states saved by scan() for a rollback; kept to reuse its capacity.
-    std::vector<std::pair<size_t, faults::Trigger::Saved>> saved_;
-    int watching_[2] = {0, 0};  // rules whose trigger reads upstream / downstream bytes
+    std::vector<std::pair<faults::Trigger*, faults::Trigger::Saved>> saved_;
+    int watching_[2] = {0, 0};  // triggers reading upstream / downstream bytes
     faults::SplitMix64 rng_;
-    uv_timer_t fault_timer_{};
-    bool fault_timer_open_ = false;
-    // Deadlines in uv_now() milliseconds; 0 = not set.
-    uint64_t stall_check_ = 0;  // under an endless stall: next look at whether both peers are gone
-    uint64_t idle_deadline_ = 0;
-    uint64_t flush_deadline_ = 0;  // reset with flush: give up waiting for acks
-    uint64_t last_activity_ms_ = 0;
-    // Stalls in force, one per rule that fired one; each ends on its own deadline (0: never).
-    struct ActiveStall {
-        config::StallFault fault;
-        size_t rule;  // index in rules_
-        uint64_t deadline_ms;
-    };
-    std::vector<ActiveStall> stalls_;
-    const config::IdleFault* idle_ = nullptr;
-    config::Target reset_to_ = config::Target::both;
-    bool flushing_ = false;
-    bool terminal_ = false;
-    bool close_fault_ = false;
 
+    faults::Endings endings_;
+    bool ending_ = false;
     std::string client_addr_;
     uint64_t started_ms_ = 0;
     int live_ = 0;  // open handles plus in-flight requests that cannot be cancelled
-    bool timer_open_ = false;
+    bool resolving_ = false;
     bool connecting_ = false;
     bool connected_ = false;
-    bool timed_out_ = false;
     bool retry_pending_ = false;
     bool upstream_failed_ = false;
-    bool closing_ = false;
+    bool finished_ = false;
 };
 
 }  // namespace tcpfault

@@ -1,5 +1,6 @@
 """Faults that shape a live stream: latency, bandwidth, slice."""
 
+import re
 import socket
 import struct
 import threading
@@ -8,6 +9,7 @@ import time
 import pytest
 
 from fault_helpers import (
+    Capture,
     Recorder,
     echo_reply,
     median,
@@ -131,21 +133,59 @@ def test_bandwidth_upstream_512KiB_per_s(tcpfault, servers, sockets):
     assert 1.7 <= took <= 2.3, f"1 MiB at 512KiB/s took {took:.2f}s, expected 2s +-15%"
 
 
-@pytest.mark.timeout(30)
-def test_slice_size_1_downstream_many_reads(tcpfault, servers, sockets):
-    """A 1 KiB message sent in one write arrives in >= 100 recv calls of a prompt reader."""
+@pytest.mark.timeout(60)
+def test_slice_size_1_leaves_in_1_byte_segments(tcpfault, servers, sockets, tmp_path):
+    """With no delay, a 1 KiB message sent in one write leaves the proxy as 1,024 TCP segments
+    of one byte each (a capture on lo): pieces are never merged by the proxy's kernel (Nagle,
+    autocorking), whatever the reader does with them."""
+    reason = Capture.available()
+    if reason:
+        pytest.skip(reason)
     msg = pattern(KiB, offset=5)
     rec = Recorder(servers, reply=lambda conn, r, b: conn.sendall(msg))
     proxy = start_proxy(tcpfault, rec.addr, [
         "{name: sl, fault: {type: slice, size: 1, direction: downstream}}"])
     for i in range(3):
+        cap = Capture(proxy.addr()[1], tmp_path / f"slice{i}.pcap")
+        why = cap.start()
+        if why:
+            pytest.skip(why)
+        try:
+            c = connect(proxy.addr())
+            sockets.append(c)
+            c.sendall(b"?")
+            got = recv_exact(c, KiB, timeout=10)
+            assert got == msg
+
+            def data_segments(pkts):
+                return [p for p in pkts if p["src_port"] == proxy.addr()[1]
+                        and re.search(r"length [1-9]", p["line"])]
+            pkts = cap.wait_for(lambda p: len(data_segments(p)) >= KiB, timeout=5)
+        finally:
+            cap.stop()
+        sizes = [int(re.search(r"length (\d+)", p["line"]).group(1)) for p in data_segments(pkts)]
+        assert len(sizes) == KiB and set(sizes) == {1}, (
+            f"connection {i + 1}: {len(sizes)} data segments toward the client, sizes "
+            f"{sorted(set(sizes))} (expected {KiB} segments of 1 byte)")
+
+
+@pytest.mark.timeout(30)
+def test_slice_size_1_with_delay_many_reads(tcpfault, servers, sockets):
+    """With 1ms between 1-byte pieces, a prompt reader sees the pieces apart: a 200-byte
+    message sent in one write arrives in >= 150 recv calls."""
+    n = 200
+    msg = pattern(n, offset=5)
+    rec = Recorder(servers, reply=lambda conn, r, b: conn.sendall(msg))
+    proxy = start_proxy(tcpfault, rec.addr, [
+        "{name: sl, fault: {type: slice, size: 1, delay: 1ms, direction: downstream}}"])
+    for i in range(3):
         c = connect(proxy.addr())
         sockets.append(c)
         c.sendall(b"?")
-        pieces = recv_pieces(c, KiB, timeout=10)
+        pieces = recv_pieces(c, n, timeout=10)
         assert b"".join(b for _, b in pieces) == msg
-        assert len(pieces) >= 100, (
-            f"connection {i + 1}: 1 KiB arrived in {len(pieces)} reads, expected >= 100 "
+        assert len(pieces) >= 150, (
+            f"connection {i + 1}: {n} bytes arrived in {len(pieces)} reads, expected >= 150 "
             f"(sizes {[len(b) for _, b in pieces][:40]}...)")
 
 

@@ -299,7 +299,7 @@ def test_stall_drop_both_swallows_client_rst_and_is_reaped(tcpfault, servers, so
     # arrives behind unread data as EOF.
     api.wait_metric("tcpfault_bytes_total", 6, timeout=5, proxy="main", direction="upstream")
     reset_close(c)
-    p.wait_for_log("client reset held by stall", timeout=5)  # the proxy has read the RST
+    p.wait_for_log("client reset held by stage", timeout=5)  # the proxy has read the RST
     assert not p.find_logs("peer reset"), "the client's RST was passed on"
     _assert_server_saw_nothing(server_side)
     assert api.scrape().value("tcpfault_connections_active", proxy="main") == 1

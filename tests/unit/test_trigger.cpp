@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <re2/re2.h>
+
 #include "faults/trigger.hpp"
 
 using namespace tcpfault;
@@ -148,7 +150,7 @@ TEST_CASE("data match then after_bytes counts from the end of the match") {
 TEST_CASE("line regex fires at the end of the matching line") {
     config::When w;
     w.line = "^RCPT TO:";
-    w.line_re = std::make_shared<std::regex>(*w.line, std::regex::ECMAScript);
+    w.line_re = std::make_shared<RE2>(*w.line);
     Trigger t(&w);
     t.start();
     std::string s = "MAIL FROM:<a@b>\r\nXRCPT TO:<no>\r\nRCPT TO:<c@d>\r\nDATA\r\n";
@@ -235,7 +237,7 @@ TEST_CASE("an empty data needle matches at the next byte (Toxiproxy's reset_peer
 TEST_CASE("a 40 KB line under a `line` rule is matched on its prefix, without overflowing") {
     config::When w;
     w.line = "^RCPT TO:.*";
-    w.line_re = std::make_shared<std::regex>(*w.line, std::regex::ECMAScript);
+    w.line_re = std::make_shared<RE2>(*w.line);
     Trigger t(&w);
     t.start();
     std::string s = "RCPT TO:" + std::string(40000, 'x') + "\r\n";

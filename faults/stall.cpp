@@ -1,0 +1,89 @@
+#include "faults/stall.hpp"
+
+#include <memory>
+
+#include "config/fault_params.hpp"
+#include "faults/stage_util.hpp"
+
+namespace tcpfault::faults {
+
+namespace {
+const char* then_name(StallFault::Then t) {
+    switch (t) {
+        case StallFault::Then::resume:
+            return "resume";
+        case StallFault::Then::reset:
+            return "reset";
+        case StallFault::Then::close:
+            return "close";
+    }
+    return "resume";
+}
+
+class StallStage final : public Stage {
+  public:
+    // `then_done` is shared by the stages one rule put on both directions: `then` runs once.
+    StallStage(std::string rule, const StallFault& f, std::shared_ptr<bool> then_done)
+        : Stage(std::move(rule)), f_(f), then_done_(std::move(then_done)) {}
+
+    void start(uint64_t now_us) {
+        if (f_.duration) deadline_us_ = now_us + static_cast<uint64_t>(f_.duration->count());
+    }
+
+    bool shapes() const override { return true; }
+    bool stops_reading() const override { return f_.mode == StallFault::Mode::hold; }
+    bool drops_input() const override { return f_.mode == StallFault::Mode::drop; }
+    Input on_data(size_t, const StageContext& ctx) override {
+        if (f_.mode == StallFault::Mode::hold) return Input::pass;  // read before it began
+        if (f_.renew_on_data && f_.duration)
+            deadline_us_ = ctx.now_us + static_cast<uint64_t>(f_.duration->count());
+        return Input::drop;
+    }
+    bool holds_end() const override { return !f_.pass_close; }
+    Gate gate(const Held&, const StageContext&) override { return {0, 0, false}; }
+    bool endless() const override { return !f_.duration; }
+    uint64_t wake_us() const override { return deadline_us_; }
+    void on_wake(const StageContext& ctx) override {
+        if (deadline_us_ == 0 || ctx.now_us < deadline_us_) return;
+        deadline_us_ = 0;
+        finish();  // lifted from this direction
+        if (*then_done_) return;
+        *then_done_ = true;
+        ctx.conn.log_event("stall ended", rule(), then_name(f_.then));
+        if (f_.then == StallFault::Then::reset)
+            ctx.conn.end({Ending::reset_now, Ending::reset_now}, rule());
+        else if (f_.then == StallFault::Then::close)
+            ctx.conn.end({Ending::fin_then_reset, Ending::fin_then_reset}, rule());
+    }
+
+  private:
+    StallFault f_;
+    std::shared_ptr<bool> then_done_;
+    uint64_t deadline_us_ = 0;
+};
+}  // namespace
+
+std::optional<StallFault> StallFault::parse(const config::FaultParams& p) {
+    StallFault x;
+    p.direction("direction", x.direction);
+    p.duration("duration", x.duration, true);
+    p.choice<Mode>("mode", x.mode, {{"hold", Mode::hold}, {"drop", Mode::drop}});
+    p.choice<Then>("then", x.then,
+                   {{"resume", Then::resume}, {"reset", Then::reset}, {"close", Then::close}});
+    // A stall without a duration never ends, so nothing can follow it.
+    if (p.has("then") && x.then != Then::resume && !p.has("duration"))
+        p.error_at("then",
+                   "fault type \"stall\" with then: " + p.text("then") + " requires a duration");
+    return x;
+}
+
+void StallFault::apply(Connection& c, const std::string& rule) const {
+    auto then_done = std::make_shared<bool>(false);
+    each_direction(direction, [&](config::Direction d) {
+        auto s = std::make_unique<StallStage>(rule, *this, then_done);
+        s->start(c.now_us());
+        c.add_stage(d, std::move(s));
+    });
+}
+
+}  // namespace tcpfault::faults
