@@ -79,6 +79,8 @@ const char* fault_name(const FaultSpec& f) {
 }
 
 std::string Diagnostic::str() const {
+    // A problem with the file as a whole (unreadable, too large) has no position to show.
+    if (pos.line <= 0) return file + ": " + message;
     return file + ":" + std::to_string(pos.line) + ":" + std::to_string(pos.col) + ": " + message;
 }
 
