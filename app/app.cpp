@@ -22,6 +22,11 @@ std::string join_errors(const std::vector<config::Diagnostic>& errors) {
     return out;
 }
 
+void log_warnings(const std::vector<config::Diagnostic>& warnings) {
+    for (const auto& w : warnings)
+        log::warn("config warning", {{"file", w.file}, {"warning", w.message}});
+}
+
 // `workers: auto` (0) is one loop per core.
 unsigned resolve_workers(unsigned configured) {
     return configured != 0 ? configured : std::max(1u, std::thread::hardware_concurrency());
@@ -86,6 +91,7 @@ int App::run() {
     }
     cfg_ = std::move(*r.config);
     log::configure(cfg_.log.level, cfg_.log.format);
+    log_warnings(r.warnings);
     mark_start();
     // Without a configured seed every run differs; with one, every random decision repeats.
     seed_ = cfg_.seed ? *cfg_.seed : uv_hrtime();
@@ -314,6 +320,7 @@ std::string App::reload() {
                   {{"running", workers_}, {"configured", want}});
     cfg_ = std::move(*r.config);
     log::configure(cfg_.log.level, cfg_.log.format);
+    log_warnings(r.warnings);
     log::info("reloaded", {{"file", opts_.config_path}, {"proxies", servers_.size()}});
     return "";
 }

@@ -1,5 +1,9 @@
 #include "app/cli.hpp"
 
+#include <tuple>
+
+#include "config/units.hpp"
+
 namespace tcpfault {
 
 const char* usage_text() {
@@ -82,6 +86,17 @@ CliResult parse_cli(const std::vector<std::string>& args) {
         }
     }
     if (!r.error.empty()) return r;
+    // Addresses are checked here, so the message names the flag (not a line of a config).
+    for (const auto& [flag, value, port_zero_ok, off_ok] :
+         {std::tuple{"-l", &o.listen, true, false}, std::tuple{"-u", &o.upstream, false, false},
+          std::tuple{"--admin", &o.admin, true, true},
+          std::tuple{"--toxiproxy-api", &o.toxiproxy_api, true, true}}) {
+        if (!*value || (off_ok && **value == "off")) continue;
+        if (auto hp = config::parse_host_port(**value, port_zero_ok); !hp) {
+            r.error = std::string(flag) + ": " + hp.error;
+            return r;
+        }
+    }
     if (o.listen.has_value() != o.upstream.has_value()) {
         r.error = "-l and -u go together";
     } else if (o.listen && o.config_given) {

@@ -1,4 +1,4 @@
-// Command-line parsing (SPEC section 1), separate from main() so it is unit-tested.
+// Command-line parsing (docs/cli.md), separate from main() so it is unit-tested.
 #pragma once
 
 #include <optional>

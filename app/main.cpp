@@ -11,7 +11,9 @@ int main(int argc, char** argv) {
     std::vector<std::string> args(argv + 1, argv + argc);
     tcpfault::CliResult cli = tcpfault::parse_cli(args);
     if (!cli.error.empty()) {
-        std::fprintf(stderr, "tcpfault: %s\n%s", cli.error.c_str(), tcpfault::usage_text());
+        // The message alone, so it stays on screen; the usage is one flag away.
+        std::fprintf(stderr, "tcpfault: %s\nTry 'tcpfault --help' for more information.\n",
+                     cli.error.c_str());
         return 2;
     }
     const Options& o = cli.options;
@@ -26,10 +28,17 @@ int main(int argc, char** argv) {
             auto r = tcpfault::config::load_file(o.config_path);
             for (const auto& d : r.errors) std::fprintf(stderr, "%s\n", d.str().c_str());
             if (!r.config) {
-                std::fprintf(stderr, "%zu error(s)\n", r.errors.size());
+                size_t n = r.errors.size();
+                std::fprintf(stderr, "%zu %s\n", n, n == 1 ? "error" : "errors");
                 return 2;
             }
-            std::printf("%s: ok (%zu proxies)\n", o.config_path.c_str(), r.config->proxies.size());
+            for (auto w : r.warnings) {
+                w.message = "warning: " + w.message;
+                std::fprintf(stderr, "%s\n", w.str().c_str());
+            }
+            size_t n = r.config->proxies.size();
+            std::printf("%s: ok (%zu %s)\n", o.config_path.c_str(), n,
+                        n == 1 ? "proxy" : "proxies");
             return 0;
         }
         case Options::Mode::run:

@@ -128,12 +128,14 @@ struct Diagnostic {
     std::string file;
     Position pos;
     std::string message;
-    std::string str() const;  // "FILE:LINE:COL: message"
+    std::string str() const;  // "FILE:LINE:COL: message", or "FILE: message" without a position
 };
 
 struct LoadResult {
     std::optional<Config> config;  // set only when errors is empty
     std::vector<Diagnostic> errors;
+    // Valid but probably not what was meant (e.g. no proxies); shown as "FILE: warning: ...".
+    std::vector<Diagnostic> warnings;
 };
 
 struct RuleResult {

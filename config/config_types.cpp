@@ -71,6 +71,8 @@ bool Schedule::active_at(Duration since_start) const {
 }
 
 std::string Diagnostic::str() const {
+    // A problem with the file as a whole (unreadable, too large) has no position to show.
+    if (pos.line <= 0) return file + ": " + message;
     return file + ":" + std::to_string(pos.line) + ":" + std::to_string(pos.col) + ": " + message;
 }
 

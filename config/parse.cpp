@@ -1,4 +1,4 @@
-// The config file (SPEC section 2): top level, admin, log, proxies, and the entry points.
+// The config file (docs/config.md): top level, admin, log, proxies, and the entry points.
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -372,7 +372,15 @@ LoadResult load_string(const std::string& input, const std::string& source_name,
     } catch (const detail::Abort&) {
     }
     res.errors = r.take_errors();
-    if (res.errors.empty()) res.config = std::move(config);
+    if (!res.errors.empty()) return res;
+    // Valid (a Toxiproxy-style setup creates its proxies at runtime), but often a mistake.
+    if (config.proxies.empty()) {
+        res.warnings.push_back(
+            {source_name, Position{},
+             "no proxies defined: nothing is forwarded until proxies are created over the "
+             "Toxiproxy API (toxiproxy.listen or --toxiproxy-api)"});
+    }
+    res.config = std::move(config);
     return res;
 }
 

@@ -3,28 +3,30 @@
 # on the normal build; the integration tests again with every config on two event loops
 # (`workers: 2`; SKIP_WORKERS=1 skips); the libFuzzer harnesses for FUZZ_SECONDS each
 # (default 60; SKIP_FUZZ=1 skips them); then the whole suite again on an ASan+UBSan build
-# (SKIP_ASAN=1).
+# (SKIP_ASAN=1). SKIP_NODE=1 skips the test that installs Toxiproxy's Node client from npm.
 # This is the README's test command and what CI runs.
+#
+# The two builds use the README's "Building by hand" commands verbatim, so a documented
+# command cannot rot: tests/integration/test_docs.py checks that the lines below match it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash docker/install-deps.sh test
 # Integration tests open ~2,000 sockets at once.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-jobs="$(nproc)"
+# The README's commands carry no -j: cmake --build takes the parallelism from here.
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 
-run_suite() {  # build-dir, extra cmake args...
+run_tests() {  # build-dir, ctest args...
     local dir="$1"
     shift
-    cmake -S . -B "$dir" -G Ninja "$@"
-    cmake --build "$dir" -j"$jobs"
-    (cd "$dir" && ctest --output-on-failure --timeout 600)
+    (cd "$dir" && ctest --output-on-failure --timeout 600 "$@")
 }
 
-run_suite "${BUILD_DIR:-build}" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake -S . -B build -G Ninja && cmake --build build
+run_tests build
 if [ "${SKIP_WORKERS:-0}" != "1" ]; then
     echo "=== integration tests with every config on two event loops (workers: 2) ==="
-    (cd "${BUILD_DIR:-build}" && TCPFAULT_TEST_WORKERS=2 ctest --output-on-failure \
-        --timeout 600 -R '^integration\.')
+    TCPFAULT_TEST_WORKERS=2 run_tests build -R '^integration\.'
 fi
 if [ "${SKIP_FUZZ:-0}" != "1" ]; then
     echo "=== libFuzzer harnesses, ${FUZZ_SECONDS:-60}s each ==="
@@ -32,6 +34,7 @@ if [ "${SKIP_FUZZ:-0}" != "1" ]; then
 fi
 if [ "${SKIP_ASAN:-0}" != "1" ]; then
     echo "=== again with AddressSanitizer + UndefinedBehaviorSanitizer ==="
+    cmake -S . -B build-asan -G Ninja -DTCPFAULT_SANITIZE=ON && cmake --build build-asan
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-        run_suite "${ASAN_BUILD_DIR:-build-asan}" -DCMAKE_BUILD_TYPE=Debug -DTCPFAULT_SANITIZE=ON
+        run_tests build-asan
 fi

@@ -1,4 +1,4 @@
-"""The admin HTTP API (SPEC section 4): every call with its status and body shape, every error
+"""The admin HTTP API (docs/admin-api.md): every call with its status and body shape, every error
 status, the bearer token, and what runtime rule changes do to real connections."""
 
 from __future__ import annotations

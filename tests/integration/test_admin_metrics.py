@@ -1,4 +1,4 @@
-"""GET /metrics (SPEC section 4): the exposition parses, every metric of the table is there with
+"""GET /metrics (docs/metrics.md): the exposition parses, every metric of the table is there with
 its type and label names, every series is declared from the start, and the counters match
 exactly what the test did."""
 

@@ -1,5 +1,5 @@
-"""A real Prometheus server scrapes tcpfault's /metrics (SPEC section 4: "with Prometheus
-scraping its metrics, to see what was injected and when").
+"""A real Prometheus server scrapes tcpfault's /metrics (docs/metrics.md), as users do to see
+what was injected and when.
 
 Needs /usr/bin/prometheus (Debian package `prometheus`); the test fails without it unless
 TCPFAULT_SKIP_PROMETHEUS=1. Prometheus runs as a plain child process on 127.0.0.1 with its own

@@ -1,7 +1,7 @@
-"""Hot reload under traffic (SPEC sections 1 and 4): 50 connections stream seeded random data
-through an echo server while the file is reloaded 20 times, valid and invalid alternately,
-through both SIGHUP and POST /api/reload. No connection of the unchanged proxy drops, no byte
-is corrupted, and every reload is answered, logged and counted."""
+"""Hot reload under traffic (docs/cli.md#signals, docs/admin-api.md): 50 connections stream
+seeded random data through an echo server while the file is reloaded 20 times, valid and
+invalid alternately, through both SIGHUP and POST /api/reload. No connection of the unchanged
+proxy drops, no byte is corrupted, and every reload is answered, logged and counted."""
 
 from __future__ import annotations
 

@@ -145,7 +145,81 @@ def test_check_invalid_file_reports_position(tmp_path, case):
 def test_check_missing_file(tmp_path):
     r = run_tcpfault(["--check", "-c", "nope.yaml"], cwd=tmp_path)
     assert r.returncode == 2, f"exit {r.returncode}; {r.stderr}"
-    assert "nope.yaml" in r.stderr
+    # A file-level error has no position to show: no fake "nope.yaml:0:0:".
+    assert r.stderr.splitlines() == [
+        "nope.yaml: cannot read file: No such file or directory", "1 error"], r.stderr
+
+
+@pytest.mark.timeout(20)
+def test_check_unreadable_directory_has_no_fake_position(tmp_path):
+    r = run_tcpfault(["--check", "-c", str(tmp_path)])
+    assert r.returncode == 2, f"exit {r.returncode}; {r.stderr}"
+    assert r.stderr.startswith(f"{tmp_path}: cannot read file: Is a directory\n"), r.stderr
+    assert ":0:0:" not in r.stderr, r.stderr
+
+
+@pytest.mark.timeout(20)
+def test_check_counts_with_plurals(tmp_path):
+    one = "admin: {listen: \"off\"}\nproxies:\n  - {name: a, listen: 127.0.0.1:0, upstream: x:1}\n"
+    two = one + "  - {name: b, listen: 127.0.0.1:0, upstream: x:1}\n"
+    for text, expected in ((one, "ok (1 proxy)"), (two, "ok (2 proxies)")):
+        (tmp_path / "c.yaml").write_text(text)
+        r = run_tcpfault(["--check", "-c", "c.yaml"], cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout == f"c.yaml: {expected}\n", (r.stdout, r.stderr)
+        assert r.stderr == "", r.stderr
+    for bad, expected in (("bogus: 1\n", "1 error"), ("bogus: 1\nworse: 2\n", "2 errors")):
+        (tmp_path / "c.yaml").write_text(bad)
+        r = run_tcpfault(["--check", "-c", "c.yaml"], cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.splitlines()[-1] == expected, r.stderr
+
+
+NO_PROXIES_WARNING = ("warning: no proxies defined: nothing is forwarded until proxies are "
+                      "created over the Toxiproxy API (toxiproxy.listen or --toxiproxy-api)")
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "proxies: []\n",
+                                  "admin: {listen: \"off\"}\ntoxiproxy: {listen: 127.0.0.1:0}\n"
+                                  "proxies: []\n"],
+                         ids=["empty", "comment", "empty-list", "toxiproxy-style"])
+def test_check_accepts_a_config_without_proxies_with_a_warning(tmp_path, text):
+    (tmp_path / "t.yaml").write_text(text)
+    r = run_tcpfault(["--check", "-c", "t.yaml"], cwd=tmp_path)
+    assert r.returncode == 0, f"exit {r.returncode}; {r.stderr}"
+    assert r.stdout == "t.yaml: ok (0 proxies)\n", r.stdout
+    assert r.stderr == f"t.yaml: {NO_PROXIES_WARNING}\n", r.stderr
+
+
+@pytest.mark.timeout(20)
+def test_start_without_proxies_logs_the_warning_and_runs(tcpfault):
+    p = tcpfault.from_config('admin: {listen: "off"}\nlog: {format: json}\nproxies: []\n',
+                             listening=0)
+    started = p.wait_for_log("started", timeout=10)[0]
+    assert started.get("proxies") == 0, started
+    warnings = p.find_logs("config warning")
+    assert len(warnings) == 1 and warnings[0].get("level") == "warn", warnings
+    assert "warning: " + warnings[0]["warning"] == NO_PROXIES_WARNING, warnings[0]
+    assert warnings[0]["file"].endswith(".yaml"), warnings[0]
+    assert p.stop(10) == 0
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("args,flag,detail", [
+    (["-l", "127.0.0.1:0", "-u", "db.example"], "-u", '"db.example" (missing :port)'),
+    (["-l", "127.0.0.1:0", "-u", "db.example:0"], "-u",
+     "(port 0 is only valid for listen addresses)"),
+    (["-l", "127.0.0.1:99999", "-u", "a:1"], "-l", "(port must be 0-65535)"),
+    (["--listen", "::1:80", "--upstream", "a:1"], "-l", "IPv6 addresses need brackets"),
+    (["-l", "127.0.0.1:0", "-u", "a:1", "--admin", "nope"], "--admin", '"nope"'),
+    (["-c", "x.yaml", "--toxiproxy-api", "8474"], "--toxiproxy-api", '"8474"'),
+], ids=["u-no-port", "u-port-0", "l-port-range", "l-v6-brackets", "admin", "toxiproxy-api"])
+def test_bad_address_flags_name_the_flag(args, flag, detail):
+    r = run_tcpfault(args)
+    assert r.returncode == 2, f"{args}: exit {r.returncode}; {r.stderr}"
+    first = r.stderr.splitlines()[0]
+    assert first.startswith(f"tcpfault: {flag}: expected host:port"), r.stderr
+    assert detail in first, r.stderr
+    assert "command line" not in r.stderr and ":0:0" not in r.stderr, r.stderr
 
 
 @pytest.mark.timeout(20)

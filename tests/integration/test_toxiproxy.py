@@ -1,10 +1,11 @@
-"""Toxiproxy compatibility (SPEC section 7): Toxiproxy's own Node client, the npm package
+"""Toxiproxy compatibility (docs/toxiproxy.md): Toxiproxy's own Node client, the npm package
 toxiproxy-node-client, runs tests/toxiproxy/test.js against tcpfault's Toxiproxy API; plus the
 API's proxies and toxics seen from tcpfault's side (admin API, metrics, config-file proxies).
 
 The client is installed once with `npm install --no-audit --no-fund` into a cache directory
 outside the work tree: $TCPFAULT_NODE_CACHE, default ~/.cache/tcpfault/toxiproxy-node (keyed by
-tests/toxiproxy/package.json). Without node and npm the node test is skipped.
+tests/toxiproxy/package.json). Without node and npm, or with SKIP_NODE=1, the node test is
+skipped.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def api_port(proc, timeout: float = 10.0) -> int:
 
 def _node_modules() -> Path:
     """node_modules with toxiproxy-node-client, installed on first use."""
+    if os.environ.get("SKIP_NODE") == "1":
+        pytest.skip("SKIP_NODE=1: Toxiproxy's Node client (installed from npm) not run")
     npm = shutil.which("npm")
     if shutil.which("node") is None or npm is None:
         pytest.skip("node and npm are needed to run Toxiproxy's Node client")

@@ -492,7 +492,7 @@ proxies:
     CHECK(c.proxies.at(0).upstream.str() == "mail.example.com:25");
     CHECK(c.proxies.at(0).connect_timeout == 3s);
 
-    // The SPEC's own example: an unset token defaults to empty (no auth).
+    // docs/config.md's example: an unset token defaults to empty (no auth).
     CHECK(ok("admin:\n  token: ${TCPFAULT_TOKEN_SURELY_UNSET:-}\n").admin.token.empty());
     CHECK(ok("admin:\n  token: $${NOT_A_VAR}\n").admin.token == "${NOT_A_VAR}");
 }
@@ -542,7 +542,7 @@ TEST_CASE("error: unknown key, with and without a suggestion") {
           "\"level\"?");
 }
 
-TEST_CASE("error: unknown parameter for a fault type (the SPEC's example, at 14:9)") {
+TEST_CASE("error: unknown parameter for a fault type (at 14:9)") {
     auto r = load_string(R"Y(admin:
   listen: 127.0.0.1:9474
 proxies:
@@ -981,7 +981,7 @@ TEST_CASE("too many errors stop at a bound") {
     for (int i = 0; i < 300; ++i) text += "  - {bogus: 1}\n";
     auto e = errors_of(text);
     REQUIRE(e.size() == 101);
-    CHECK(e.back() == "t.yaml:0:0: too many errors; stopped after 100");
+    CHECK(e.back() == "t.yaml: too many errors; stopped after 100");
 }
 
 TEST_CASE("hostile input stays bounded") {
@@ -1020,7 +1020,7 @@ TEST_CASE("hostile input stays bounded") {
     e = errors_of(wide);
     REQUIRE(e.size() == 2);
     CHECK(e[0] ==
-          "t.yaml:0:0: configuration too complex (more than 1000000 values, counting "
+          "t.yaml: configuration too complex (more than 1000000 values, counting "
           "repeated aliases)");
 }
 
@@ -1030,12 +1030,12 @@ TEST_CASE("env errors are bounded too") {
     auto e = errors_of(text);
     REQUIRE(e.size() == 101);
     CHECK(e[0] == "t.yaml:2:4: environment variable UNSET is not set (use ${UNSET:-default})");
-    CHECK(e[100] == "t.yaml:0:0: too many errors; stopped after 100");
+    CHECK(e[100] == "t.yaml: too many errors; stopped after 100");
 }
 
 TEST_CASE("input size is limited") {
     std::string big(5 * 1024 * 1024, '#');
-    CHECK(one_error(big) == "t.yaml:0:0: config too large (the limit is 4 MiB)");
+    CHECK(one_error(big) == "t.yaml: config too large (the limit is 4 MiB)");
 }
 
 TEST_CASE("load_file on a missing or unreadable file") {
@@ -1043,10 +1043,41 @@ TEST_CASE("load_file on a missing or unreadable file") {
     REQUIRE(r.errors.size() == 1);
     CHECK_FALSE(r.config);
     CHECK(r.errors[0].str() ==
-          "/nonexistent/tcpfault.yaml:0:0: cannot read file: No such file or directory");
+          "/nonexistent/tcpfault.yaml: cannot read file: No such file or directory");
     r = load_file(TCPFAULT_SOURCE_DIR "/examples", no_env);
     REQUIRE(r.errors.size() == 1);
     CHECK(r.errors[0].message == "cannot read file: Is a directory");
+}
+
+TEST_CASE("file-level errors carry no position") {
+    Diagnostic d{"f.yaml", Position{}, "cannot read file: Permission denied"};
+    CHECK(d.str() == "f.yaml: cannot read file: Permission denied");
+    d.pos = Position{3, 7};
+    CHECK(d.str() == "f.yaml:3:7: cannot read file: Permission denied");
+}
+
+TEST_CASE("a config without proxies is valid, with a warning that says so") {
+    const std::string warning =
+        "t.yaml: no proxies defined: nothing is forwarded until proxies are created over the "
+        "Toxiproxy API (toxiproxy.listen or --toxiproxy-api)";
+    for (const std::string text :
+         {"", "# only a comment\n", "proxies: []\n", "proxies:\n", "admin: {listen: \"off\"}\n",
+          "toxiproxy: {listen: 127.0.0.1:8474}\nproxies: []\n"}) {
+        CAPTURE(text);
+        auto r = load_string(text, "t.yaml", no_env);
+        CHECK(r.errors.empty());
+        REQUIRE(r.config);
+        CHECK(r.config->proxies.empty());
+        REQUIRE(r.warnings.size() == 1);
+        CHECK(r.warnings[0].str() == warning);
+    }
+    auto r = load_string(with_rules(""), "t.yaml", no_env);
+    REQUIRE(r.config);
+    CHECK(r.warnings.empty());
+    // An invalid file has errors only: a warning about it would be noise.
+    r = load_string("proxies: 3\n", "t.yaml", no_env);
+    CHECK_FALSE(r.config);
+    CHECK(r.warnings.empty());
 }
 
 // ---------------------------------------------------------------------------------------------
