@@ -75,13 +75,28 @@ def code_span(word: str) -> str:
 
 
 def fault_types_and_params() -> dict[str, list[str]]:
-    src = source("config/*.cpp")
-    types = strings(cpp_list(src, "kFaultTypes", "config/*.cpp"))
-    groups = re.findall(r"\{([^{}]*)\}", cpp_list(src, "kFaultParams", "config/*.cpp"))
-    assert len(types) >= 12 and len(groups) == len(types), (
-        f"kFaultTypes ({len(types)}) and kFaultParams ({len(groups)}) do not line up: update "
+    """From the one list (faults/fault_list.hpp's variant) and each kind's own header:
+    `kName = "reset"` and `kParams{std::string_view{"to"}, ...}`."""
+    listed = re.search(r"using FaultSpec\s*=\s*std::variant<([^>]*)>",
+                       source("faults/fault_list.hpp"))
+    assert listed, "cannot find FaultSpec in faults/fault_list.hpp: update test_docs.py"
+    structs = [w.strip() for w in listed.group(1).split(",")]
+    kinds = {}
+    for header in sorted(SOURCE_DIR.glob("faults/*.hpp")):
+        text = header.read_text()
+        for struct in structs:
+            m = re.search(rf"struct {struct} \{{(.*?)\n\}};", text, re.S)
+            if not m:
+                continue
+            body = m.group(1)
+            name = re.search(r'kName\s*=\s*"(\w+)"', body)
+            params = re.search(r"kParams(?:\{|\s*=)(.*?);", body, re.S)
+            assert name and params, f"{header.name}: {struct} lacks kName/kParams"
+            kinds[name.group(1)] = strings(params.group(1))
+    assert len(kinds) == len(structs) >= 12, (
+        f"found {sorted(kinds)} for the {len(structs)} kinds in faults/fault_list.hpp: update "
         f"the extraction in test_docs.py")
-    return {t: strings(g) for t, g in zip(types, groups)}
+    return kinds
 
 
 def config_keys() -> list[str]:
