@@ -18,7 +18,10 @@ namespace tcpfault {
 
 namespace {
 
-constexpr int kBacklog = 511;
+// Room for a burst of connections while they are accepted accepts_per_turn at a time (the
+// kernel caps it at net.core.somaxconn): a full queue drops SYNs, and a client whose SYN is
+// dropped waits a second before it tries again.
+constexpr int kBacklog = 4096;
 
 const char* reason_phrase(int status) {
     switch (status) {

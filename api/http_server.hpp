@@ -19,7 +19,8 @@
 //    requests waits in a FIFO, is not read meanwhile, and resumes from a uv_idle callback in
 //    a later turn (after the loop polled for I/O);
 //  - at most accepts_per_turn connections are accepted per turn; the rest wait in the
-//    kernel's backlog (libuv stops polling the listener until the idle callback accepts).
+//    kernel's backlog of 4096 (libuv stops polling the listener until the idle callback
+//    accepts).
 // Connection limits, so idle or slow clients cannot lock others out: a client address
 // (IPv4 address, or IPv6 /64) holds at most max_connections_per_client connections and the
 // server at most max_connections. A connection over a limit is not refused: it takes the
@@ -80,7 +81,7 @@ class HttpServer {
         uint64_t linger_ms = 2000;               // after a closing response: wait for the FIN
         unsigned requests_per_turn = 64;         // requests answered per loop turn, all connections
         unsigned requests_per_slice = 4;         // ... and in a row for one connection
-        unsigned accepts_per_turn = 16;          // connections accepted per loop turn
+        unsigned accepts_per_turn = 64;          // connections accepted per loop turn
     };
 
     // (Two constructors rather than `Limits limits = {}`: GCC rejects a default argument built
