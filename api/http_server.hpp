@@ -3,7 +3,7 @@
 //
 // Per connection: one response in flight at a time. While a response is being written the
 // connection is not read, so pipelined requests wait in the kernel (or in the parser's
-// buffer, at most one read of kReadBytes) and a client that never reads its responses holds at
+// buffer, at most one read of 16 KiB) and a client that never reads its responses holds at
 // most one response here. Timers: the request head must arrive within header_timeout_ms of
 // its first byte (of the connection's start for the first request) -> 408 and close; a body
 // must arrive within idle_timeout_ms of its head -> 408 and close; a keep-alive connection
