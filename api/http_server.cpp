@@ -1,8 +1,11 @@
 #include "api/http_server.hpp"
 
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cstring>
 #include <exception>
@@ -15,7 +18,10 @@ namespace tcpfault {
 
 namespace {
 
-constexpr int kBacklog = 511;
+// Room for a burst of connections while they are accepted accepts_per_turn at a time (the
+// kernel caps it at net.core.somaxconn): a full queue drops SYNs, and a client whose SYN is
+// dropped waits a second before it tries again.
+constexpr int kBacklog = 4096;
 
 const char* reason_phrase(int status) {
     switch (status) {
@@ -152,6 +158,47 @@ std::string serialize(std::string_view method, int version_minor, HttpResponse r
     return out;
 }
 
+// Read size: bounds what one connection buffers beyond its current request.
+constexpr size_t kReadBytes = 16 * 1024;
+static_assert(kReadBytes <= BufferPool::kChunkSize);
+
+constexpr uint64_t kLimitWarningIntervalMs = 60000;
+
+// The address a connection counts against: an IPv4 address (also when mapped into IPv6), or
+// the /64 of an IPv6 address, since one host usually has a whole /64. "" if unknown.
+std::string client_key(const uv_tcp_t* tcp) {
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(tcp, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "";
+    if (ss.ss_family == AF_INET) {
+        const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+        return std::string("4") + std::string(reinterpret_cast<const char*>(&a->sin_addr), 4);
+    }
+    if (ss.ss_family == AF_INET6) {
+        const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+        const auto* b = reinterpret_cast<const unsigned char*>(&a->sin6_addr);
+        static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (std::memcmp(b, mapped, sizeof mapped) == 0)
+            return std::string("4") + std::string(reinterpret_cast<const char*>(b + 12), 4);
+        return std::string("6") + std::string(reinterpret_cast<const char*>(b), 8);
+    }
+    return "";
+}
+
+bool is_loopback_sockaddr(const sockaddr* sa) {
+    if (sa->sa_family == AF_INET) {
+        const auto* a = reinterpret_cast<const sockaddr_in*>(sa);
+        return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const auto* a = reinterpret_cast<const sockaddr_in6*>(sa);
+        if (IN6_IS_ADDR_LOOPBACK(&a->sin6_addr)) return true;
+        const auto* b = reinterpret_cast<const unsigned char*>(&a->sin6_addr);
+        return IN6_IS_ADDR_V4MAPPED(&a->sin6_addr) && b[12] == 127;
+    }
+    return false;
+}
+
 }  // namespace
 
 // One accepted socket: its uv_tcp_t and its timer, freed by the server once both close
@@ -164,11 +211,29 @@ class HttpServer::Connection {
     Connection(const Connection&) = delete;
     Connection& operator=(const Connection&) = delete;
 
-    // Accepts the pending connection; a rejected one is closed at once. False if no handle
-    // could be created (nothing to close; the caller frees the connection).
-    bool start(uv_stream_t* listener, bool reject);
+    // Accepts the pending connection (closed at once if uv_accept fails: then accepted() is
+    // false). False if no handle could be created (nothing to close; the caller frees it).
+    bool start(uv_stream_t* listener);
+    bool accepted() const { return !closing_; }
+    // Counted by the server: arm the first request's timer and start reading.
+    void admit();
     void close_now(bool reset);
+    // Made room for another connection: closed, with a reset if a response is unsent.
+    void evict() { close_now(evict_rank() >= 3); }
+    // Its turn came in the server's ready queue.
+    void resume() {
+        queued_ = false;
+        process();
+    }
+
     bool counted() const { return counted_; }
+    void set_counted(bool c) { counted_ = c; }
+    bool queued() const { return queued_; }
+    void set_queued() { queued_ = true; }
+    const std::string& client() const { return client_; }
+    // Which connection gives way first (lowest rank, then oldest mark); see the header.
+    int evict_rank() const;
+    uint64_t mark() const { return mark_; }
 
   private:
     enum class Phase { none, head, body, idle, write, linger };
@@ -198,17 +263,21 @@ class HttpServer::Connection {
     void update_reading();
     void update_timer();
     void arm(Phase phase, uint64_t ms);
+    void mark_progress() { mark_ = ++server_.progress_seq_; }
 
     HttpServer& server_;
     uv_tcp_t tcp_{};
     uv_timer_t timer_{};
     uv_shutdown_t shutdown_req_{};
     HttpRequestParser parser_;
-    int live_ = 0;            // handles whose close callback has not run
+    std::string client_;  // client_key() of the peer
+    uint64_t mark_ = 0;  // when (in server-wide order) accepted, a request taken or a response sent
+    int live_ = 0;       // handles whose close callback has not run
     int pending_writes_ = 0;  // uv_write requests not yet called back
     uint64_t requests_ = 0;
     Phase phase_ = Phase::none;
-    bool counted_ = false;  // admitted (counts toward max_connections)
+    bool counted_ = false;  // admitted (counts toward the connection limits)
+    bool queued_ = false;   // in the server's ready queue (not read meanwhile)
     bool reading_ = false;
     bool closing_ = false;    // uv_close called
     bool draining_ = false;   // last response queued; FIN follows it, nothing more is parsed
@@ -216,7 +285,7 @@ class HttpServer::Connection {
     bool continue_sent_ = false;
 };
 
-bool HttpServer::Connection::start(uv_stream_t* listener, bool reject) {
+bool HttpServer::Connection::start(uv_stream_t* listener) {
     uv_loop_t* loop = server_.loop_;
     if (uv_tcp_init(loop, &tcp_) != 0) return false;
     tcp_.data = this;
@@ -224,24 +293,36 @@ bool HttpServer::Connection::start(uv_stream_t* listener, bool reject) {
     uv_timer_init(loop, &timer_);
     timer_.data = this;
     ++live_;
+    mark_progress();
     int err = uv_accept(listener, stream());
-    if (err != 0 || reject) {
-        if (err != 0) log::warn("admin accept failed", {{"error", uv_error_string(err)}});
+    if (err != 0) {
+        log::warn("admin accept failed", {{"error", uv_error_string(err)}});
         close_now(false);
         return true;
     }
-    counted_ = true;
-    ++server_.active_;
+    client_ = client_key(&tcp_);
+    return true;
+}
+
+void HttpServer::Connection::admit() {
     uv_tcp_nodelay(&tcp_, 1);
     arm(Phase::head, limits().header_timeout_ms);  // the first request's head starts now
     update_reading();
-    return true;
+}
+
+int HttpServer::Connection::evict_rank() const {
+    if (lingering_ || (draining_ && pending_writes_ == 0)) return 0;  // answered, FIN sent
+    if (queued_) return 4;                          // requests waiting for their turn
+    if (pending_writes_ > 0) return 3;              // the peer does not take its response
+    if (requests_ > 0 && parser_.idle()) return 1;  // idle keep-alive
+    return 2;                                       // waiting for (the rest of) a request
 }
 
 void HttpServer::Connection::close_now(bool reset) {
     if (closing_) return;
     closing_ = true;
     reading_ = false;
+    server_.uncount(this);  // also leaves the ready queue
     if (reset) set_linger_zero(&tcp_);
     uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_close);
     uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), on_close);
@@ -254,7 +335,7 @@ void HttpServer::Connection::on_close(uv_handle_t* h) {
 
 void HttpServer::Connection::on_alloc(uv_handle_t*, size_t, uv_buf_t* buf) {
     Chunk c = loop_buffer_pool().take();
-    *buf = uv_buf_init(c.release(), static_cast<unsigned>(BufferPool::kChunkSize));
+    *buf = uv_buf_init(c.release(), static_cast<unsigned>(kReadBytes));
 }
 
 void HttpServer::Connection::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
@@ -276,19 +357,28 @@ void HttpServer::Connection::on_read(uv_stream_t* s, ssize_t nread, const uv_buf
     self->process();
 }
 
-// Answers every complete buffered request, one response in flight at most.
+// Answers buffered requests, one response in flight at most, within the server's budgets:
+// beyond them the connection waits in the ready queue, unread, for a later loop turn.
 void HttpServer::Connection::process() {
-    while (!closing_ && !draining_ && pending_writes_ == 0) {
+    unsigned slice = 0;
+    while (!closing_ && !draining_ && pending_writes_ == 0 && parser_.pending() > 0) {
+        if (slice >= limits().requests_per_slice || !server_.budget_left()) {
+            server_.enqueue(this);
+            break;
+        }
         HttpRequest req;
         HttpRequestParser::Status st = parser_.next(req);
         if (st == HttpRequestParser::Status::need_more) break;
+        server_.spend_budget();
         if (st == HttpRequestParser::Status::error) {
             log::debug("admin request rejected",
                        {{"status", parser_.error_status()}, {"reason", parser_.error_reason()}});
             send_error(parser_.error_status(), parser_.error_reason());
             return;
         }
+        ++slice;
         ++requests_;
+        mark_progress();
         continue_sent_ = false;
         phase_ = Phase::none;  // the next request gets fresh timers
         HttpResponse resp = server_.call_handler(req);
@@ -296,7 +386,7 @@ void HttpServer::Connection::process() {
         respond(req, std::move(resp));
     }
     if (closing_ || draining_) return;
-    if (pending_writes_ == 0 && parser_.expects_continue() && !continue_sent_) {
+    if (pending_writes_ == 0 && !queued_ && parser_.expects_continue() && !continue_sent_) {
         continue_sent_ = true;
         if (write("HTTP/1.1 100 Continue\r\n\r\n") != 0) {
             close_now(false);
@@ -363,6 +453,7 @@ void HttpServer::Connection::on_write(uv_write_t* r, int status) {
         self->close_now(false);
         return;
     }
+    self->mark_progress();
     if (self->pending_writes_ > 0 || self->draining_) return;  // on_shutdown takes over
     self->process();
 }
@@ -396,7 +487,7 @@ void HttpServer::Connection::on_shutdown(uv_shutdown_t* req, int status) {
 
 void HttpServer::Connection::update_reading() {
     if (closing_) return;
-    bool want = lingering_ || (!draining_ && pending_writes_ == 0);
+    bool want = lingering_ || (!draining_ && pending_writes_ == 0 && !queued_);
     if (want && !reading_) {
         if (uv_read_start(stream(), on_alloc, on_read) == 0) reading_ = true;
     } else if (!want && reading_) {
@@ -455,7 +546,16 @@ void HttpServer::Connection::on_timeout(uv_timer_t* t) {
 }
 
 HttpServer::HttpServer(uv_loop_t* loop, HttpHandler handler, Limits limits)
-    : loop_(loop), handler_(std::move(handler)), limits_(limits) {}
+    : loop_(loop),
+      handler_(std::move(handler)),
+      limits_(limits),
+      budget_(limits.requests_per_turn) {
+    // Zero would stall every connection: at least one request and one accept per turn.
+    limits_.requests_per_turn = std::max(1u, limits_.requests_per_turn);
+    limits_.requests_per_slice = std::max(1u, limits_.requests_per_slice);
+    limits_.accepts_per_turn = std::max(1u, limits_.accepts_per_turn);
+    budget_ = limits_.requests_per_turn;
+}
 
 HttpServer::HttpServer(uv_loop_t* loop, HttpHandler handler)
     : HttpServer(loop, std::move(handler), Limits{}) {}
@@ -488,6 +588,11 @@ int HttpServer::listen(const std::string& host, uint16_t port) {
     listener_.data = this;
     listener_open_ = true;
     listened_ = true;
+    uv_idle_init(loop_, &idle_);
+    uv_check_init(loop_, &check_);
+    idle_.data = this;
+    check_.data = this;
+    turn_handles_ = 2;
     err = uv_tcp_bind(&listener_, reinterpret_cast<const sockaddr*>(&ss), 0);
     if (err == 0)
         err = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), kBacklog, on_connection);
@@ -497,6 +602,10 @@ int HttpServer::listen(const std::string& host, uint16_t port) {
         return err;
     }
     address_ = sock_name(&listener_);
+    sockaddr_storage bound{};
+    int len = sizeof bound;
+    if (uv_tcp_getsockname(&listener_, reinterpret_cast<sockaddr*>(&bound), &len) == 0)
+        loopback_ = is_loopback_sockaddr(reinterpret_cast<const sockaddr*>(&bound));
     return 0;
 }
 
@@ -515,6 +624,12 @@ void HttpServer::close(std::function<void()> done) {
     open.reserve(conns_.size());
     for (auto& [c, owned] : conns_) open.push_back(c);
     for (Connection* c : open) c->close_now(false);
+    ready_.clear();
+    if (turn_handles_ > 0 && !turn_closing_) {
+        turn_closing_ = true;
+        uv_close(reinterpret_cast<uv_handle_t*>(&idle_), on_turn_handle_closed);
+        uv_close(reinterpret_cast<uv_handle_t*>(&check_), on_turn_handle_closed);
+    }
     maybe_done();
 }
 
@@ -522,6 +637,12 @@ void HttpServer::on_listener_closed(uv_handle_t* h) {
     auto* self = static_cast<HttpServer*>(h->data);
     self->listener_open_ = false;
     self->listener_closing_ = false;
+    self->maybe_done();
+}
+
+void HttpServer::on_turn_handle_closed(uv_handle_t* h) {
+    auto* self = static_cast<HttpServer*>(h->data);
+    --self->turn_handles_;
     self->maybe_done();
 }
 
@@ -533,18 +654,153 @@ void HttpServer::on_connection(uv_stream_t* listener, int status) {
         log::warn("admin accept error", {{"error", uv_error_string(status)}});
         return;
     }
-    auto conn = std::make_unique<Connection>(*self);
+    if (!self->closing_ && self->accepts_ >= self->limits_.accepts_per_turn) {
+        // Not taken now: libuv keeps the socket and stops polling the listener until the idle
+        // callback accepts it, after this turn's reads were served.
+        self->accept_deferred_ = true;
+        self->start_idle();
+        return;
+    }
+    self->accept_one(listener);
+}
+
+void HttpServer::accept_one(uv_stream_t* listener) {
+    ++accepts_;
+    if (!check_active_ && !turn_closing_) {
+        check_active_ = true;
+        uv_check_start(&check_, on_check);
+    }
+    auto conn = std::make_unique<Connection>(*this);
     Connection* c = conn.get();
-    bool reject = self->closing_ || self->active_ >= self->limits_.max_connections;
-    if (!c->start(listener, reject)) {
+    if (!c->start(listener)) {
         log::warn("admin connection: cannot create a handle");
         return;  // no handle was created: nothing can call back into `conn`
     }
-    self->conns_.emplace(c, std::move(conn));
+    conns_.emplace(c, std::move(conn));
+    if (!c->accepted()) return;  // closing already
+    if (closing_ || !make_room(c->client())) {
+        c->close_now(false);
+        return;
+    }
+    count(c);
+    c->admit();
+}
+
+bool HttpServer::make_room(const std::string& client) {
+    std::string group;
+    auto own = per_client_.find(client);
+    if (own != per_client_.end() && own->second >= limits_.max_connections_per_client) {
+        group = client;
+    } else if (active_ >= limits_.max_connections) {
+        // The address holding the most connections gives one up.
+        size_t most = 0;
+        for (const auto& [key, n] : per_client_) {
+            if (n > most) {
+                most = n;
+                group = key;
+            }
+        }
+        if (most == 0) return false;
+    } else {
+        return true;
+    }
+    Connection* victim = nullptr;
+    for (const auto& [c, owned] : conns_) {
+        if (!c->counted() || c->client() != group) continue;
+        if (victim == nullptr || c->evict_rank() < victim->evict_rank() ||
+            (c->evict_rank() == victim->evict_rank() && c->mark() < victim->mark()))
+            victim = c;
+    }
+    if (victim == nullptr) return false;
+    ++evictions_;
+    uint64_t now = uv_now(loop_);
+    log::debug("admin connection evicted",
+               {{"addr", address_}, {"rank", victim->evict_rank()}, {"connections", active_}});
+    if (!warned_limit_ || now - last_limit_warning_ms_ >= kLimitWarningIntervalMs) {
+        warned_limit_ = true;
+        last_limit_warning_ms_ = now;
+        log::warn(
+            "HTTP API connection limit reached: closing idle and slow connections to admit "
+            "new ones",
+            {{"addr", address_},
+             {"connections", active_},
+             {"max_connections", limits_.max_connections},
+             {"max_connections_per_client", limits_.max_connections_per_client},
+             {"evictions", evictions_}});
+    }
+    victim->evict();
+    return true;
+}
+
+void HttpServer::count(Connection* c) {
+    c->set_counted(true);
+    ++active_;
+    ++per_client_[c->client()];
+}
+
+void HttpServer::uncount(Connection* c) {
+    if (c->queued()) {
+        auto it = std::find(ready_.begin(), ready_.end(), c);
+        if (it != ready_.end()) ready_.erase(it);
+    }
+    if (!c->counted()) return;
+    c->set_counted(false);
+    --active_;
+    auto it = per_client_.find(c->client());
+    if (it != per_client_.end() && --it->second == 0) per_client_.erase(it);
+}
+
+void HttpServer::spend_budget() {
+    if (budget_ > 0) --budget_;
+    if (!check_active_ && !turn_closing_) {
+        check_active_ = true;
+        uv_check_start(&check_, on_check);
+    }
+}
+
+void HttpServer::enqueue(Connection* c) {
+    if (c->queued()) return;
+    c->set_queued();
+    ready_.push_back(c);
+    start_idle();
+}
+
+void HttpServer::start_idle() {
+    if (idle_active_ || turn_closing_ || turn_handles_ == 0) return;
+    idle_active_ = true;
+    uv_idle_start(&idle_, on_idle);
+}
+
+// Before the loop polls: the deferred accept, then queued connections in FIFO order, each for
+// one slice, while the turn's budget lasts.
+void HttpServer::on_idle(uv_idle_t* h) {
+    auto* self = static_cast<HttpServer*>(h->data);
+    if (self->accept_deferred_) {
+        self->accept_deferred_ = false;
+        if (!self->closing_) self->accept_one(reinterpret_cast<uv_stream_t*>(&self->listener_));
+    }
+    for (size_t n = self->ready_.size(); n > 0 && !self->ready_.empty() && self->budget_left();
+         --n) {
+        Connection* c = self->ready_.front();
+        self->ready_.pop_front();
+        c->resume();  // may queue it again, at the back
+    }
+    if (self->ready_.empty() && !self->accept_deferred_ && self->idle_active_) {
+        self->idle_active_ = false;
+        uv_idle_stop(&self->idle_);
+    }
+}
+
+// After the loop polled: a new turn's budgets.
+void HttpServer::on_check(uv_check_t* h) {
+    auto* self = static_cast<HttpServer*>(h->data);
+    self->budget_ = self->limits_.requests_per_turn;
+    self->accepts_ = 0;
+    self->check_active_ = false;
+    uv_check_stop(&self->check_);
 }
 
 void HttpServer::connection_finished(Connection* c) {
-    if (c->counted()) --active_;
     conns_.erase(c);
     maybe_done();
 }

@@ -5,6 +5,7 @@
 #include <map>
 #include <thread>
 
+#include "api/request_guard.hpp"
 #include "config/units.hpp"
 #include "net/uv_util.hpp"
 #include "observe/clock.hpp"
@@ -272,12 +273,26 @@ std::string App::start_admin() {
     hooks.metrics = &metrics_;
     hooks.token = cfg_.admin.token;
     api_ = std::make_unique<AdminApi>(std::move(hooks));
-    admin_ = std::make_unique<HttpServer>(&loop_,
-                                          [this](const HttpRequest& r) { return api_->handle(r); });
+    // Browser protections before any route (docs/security.md); the Host rule needs to know
+    // whether the bound address is a loopback one.
+    auto guard = std::make_shared<RequestGuard>();
+    admin_ = std::make_unique<HttpServer>(&loop_, [this, guard](const HttpRequest& r) {
+        if (auto refusal = guard->check(r)) return refusal->response(false);
+        return api_->handle(r);
+    });
     int e = admin_->listen(cfg_.admin.listen.host, cfg_.admin.listen.port);
     if (e != 0)
         return "admin: cannot listen on " + cfg_.admin.listen.str() + ": " + uv_error_string(e);
+    guard->set_policy({"admin API", admin_->loopback(), true});
     log::info("admin listening", {{"addr", admin_->address()}});
+    if (!admin_->loopback() && cfg_.admin.token.empty()) {
+        log::warn(
+            "SECURITY: the admin API is reachable from other hosts and has no token: anyone who "
+            "can connect can add and enable faults, reset every connection and reload the "
+            "config. Set admin.token (TCPFAULT_TOKEN in the Docker image) or listen on "
+            "127.0.0.1; see docs/security.md",
+            {{"addr", admin_->address()}});
+    }
     return "";
 }
 
@@ -289,12 +304,18 @@ std::string App::start_toxiproxy() {
     h.add_proxy = [this](const config::Proxy& p) { return add_proxy(p); };
     h.remove_proxy = [this](const std::string& n) { return remove_proxy(n); };
     toxi_api_ = std::make_unique<ToxiproxyApi>(std::move(h));
-    toxi_http_ = std::make_unique<HttpServer>(
-        &loop_, [this](const HttpRequest& r) { return toxi_api_->handle(r); });
+    // The admin API's browser rules, except the body type: Toxiproxy's own documentation
+    // sends JSON with `curl -d` (a form type), and Toxiproxy refuses browsers by User-Agent.
+    auto guard = std::make_shared<RequestGuard>();
+    toxi_http_ = std::make_unique<HttpServer>(&loop_, [this, guard](const HttpRequest& r) {
+        if (auto refusal = guard->check(r)) return refusal->response(true);
+        return toxi_api_->handle(r);
+    });
     int e = toxi_http_->listen(cfg_.toxiproxy.listen.host, cfg_.toxiproxy.listen.port);
     if (e != 0)
         return "toxiproxy api: cannot listen on " + cfg_.toxiproxy.listen.str() + ": " +
                uv_error_string(e);
+    guard->set_policy({"Toxiproxy API", toxi_http_->loopback(), false});
     log::info("toxiproxy api listening", {{"addr", toxi_http_->address()}});
     return "";
 }

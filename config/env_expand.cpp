@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "config/quote.hpp"
+
 namespace tcpfault::config {
 
 namespace {
@@ -121,7 +123,8 @@ EnvExpansion expand_env(std::string_view in, EnvLookup env) {
             size_t close = j + 2;
             while (close < in.size() && in[close] != '}' && in[close] != '\n') ++close;
             if (close >= in.size() || in[close] != '}') {
-                out.errors.push_back({start, "unterminated ${" + name + ":-... (missing \"}\")"});
+                out.errors.push_back(
+                    {start, "unterminated ${" + shorten(name) + ":-... (missing \"}\")"});
                 out.text += c;
                 prev = c;
                 ++i;
@@ -132,7 +135,7 @@ EnvExpansion expand_env(std::string_view in, EnvLookup env) {
         } else {
             bool unterminated = ok && (j >= in.size() || in[j] == '\n');
             out.errors.push_back(
-                {start, unterminated ? "unterminated ${" + name + " (missing \"}\")"
+                {start, unterminated ? "unterminated ${" + shorten(name) + " (missing \"}\")"
                                      : std::string("invalid environment variable reference "
                                                    "(expected ${NAME} or ${NAME:-default})")});
             out.text += c;
@@ -144,8 +147,9 @@ EnvExpansion expand_env(std::string_view in, EnvLookup env) {
         std::optional<std::string> value = env != nullptr ? env(name) : std::nullopt;
         if (fallback && (!value || value->empty())) value = fallback;
         if (!value) {
-            out.errors.push_back({start, "environment variable " + name + " is not set (use ${" +
-                                             name + ":-default})"});
+            out.errors.push_back({start, "environment variable " + shorten(name) +
+                                             " is not set (use ${" + shorten(name) +
+                                             ":-default})"});
             value = std::string();
         }
         mark(start, true);

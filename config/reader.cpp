@@ -7,6 +7,7 @@
 #include <set>
 #include <tuple>
 
+#include "config/quote.hpp"
 #include "config/units.hpp"
 
 namespace tcpfault::config::detail {
@@ -14,7 +15,9 @@ namespace tcpfault::config::detail {
 namespace {
 
 constexpr size_t kMaxNameLength = 128;
-constexpr size_t kMaxQuoted = 60;
+// A diagnostic longer than this is cut: values are quoted short (quote_value), so only a
+// message that quotes text some other way can reach it.
+constexpr size_t kMaxMessage = 1000;
 
 char lower(char c) {
     return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
@@ -40,34 +43,7 @@ size_t edit_distance(std::string_view a, std::string_view b) {
 }  // namespace
 
 std::string quote(std::string_view s) {
-    std::string out = "\"";
-    size_t n = 0;
-    for (char c : s) {
-        if (++n > kMaxQuoted) {
-            out += "...";
-            break;
-        }
-        auto u = static_cast<unsigned char>(c);
-        if (c == '\n') {
-            out += "\\n";
-        } else if (c == '\r') {
-            out += "\\r";
-        } else if (c == '\t') {
-            out += "\\t";
-        } else if (c == '"' || c == '\\') {
-            out += '\\';
-            out += c;
-        } else if (u < 0x20 || u == 0x7f) {
-            static const char hex[] = "0123456789abcdef";
-            out += "\\x";
-            out += hex[u >> 4];
-            out += hex[u & 15];
-        } else {
-            out += c;
-        }
-    }
-    out += '"';
-    return out;
+    return quote_value(s);
 }
 
 Position Reader::pos(const YAML::Mark& m) const {
@@ -76,6 +52,12 @@ Position Reader::pos(const YAML::Mark& m) const {
 }
 
 void Reader::error(Position p, std::string message) {
+    if (message.size() > kMaxMessage) {
+        size_t n = kMaxMessage;
+        while (n > 0 && (static_cast<unsigned char>(message[n]) & 0xC0) == 0x80) --n;
+        message = message.substr(0, n) + "... (message of " + std::to_string(message.size()) +
+                  " bytes cut)";
+    }
     errors_.push_back(Diagnostic{file_, p, std::move(message)});
     if (errors_.size() >= kMaxErrors) {
         truncated_ = true;

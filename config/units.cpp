@@ -8,6 +8,8 @@
 #include <cctype>
 #include <cstring>
 
+#include "config/quote.hpp"
+
 namespace tcpfault::config {
 
 namespace {
@@ -26,9 +28,8 @@ constexpr int kMaxFractionDigits = 12;
 
 std::string found(std::string_view expect, std::string_view text, std::string_view why = {}) {
     std::string m(expect);
-    m += ", found \"";
-    m += text;
-    m += '"';
+    m += ", found ";
+    m += quote_value(text);
     if (!why.empty()) {
         m += " (";
         m += why;
@@ -189,11 +190,12 @@ std::optional<uint64_t> size_core(std::string_view text, std::string& why,
             std::string_view whole = trim(text);
             std::string n(trim(whole.substr(0, whole.size() - unit.size())));
             char letter = static_cast<char>(std::toupper(static_cast<unsigned char>(unit[0])));
+            if (n.size() > 24) n.clear();  // too long to repeat twice: the units alone
             why = "ambiguous unit: write " + n + letter + "iB for 1024-based or " + n + letter +
                   "B for 1000-based";
         } else {
-            why = "unknown unit \"" + std::string(unit) +
-                  "\"; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB";
+            why = "unknown unit " + quote_value(unit) +
+                  "; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB";
         }
         return std::nullopt;
     }
@@ -259,9 +261,8 @@ Parsed<Duration> parse_duration(std::string_view text) {
             if (u.name == unit) du = &u;
         }
         if (du == nullptr) {
-            return P::fail(
-                found(kDurationExpect, text,
-                      "unknown unit \"" + std::string(unit) + "\"; use us, ms, s, m or h"));
+            return P::fail(found(kDurationExpect, text,
+                                 "unknown unit " + quote_value(unit) + "; use us, ms, s, m or h"));
         }
         constexpr auto kMax = static_cast<u128>(kMaxDuration.count());
         u128 micros = 0;

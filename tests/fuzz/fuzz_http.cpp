@@ -1,6 +1,7 @@
-// fuzz_http: the admin API's HTTP/1.x request parser (proxy/http_parser.hpp) on arbitrary
-// bytes split at fuzzer-chosen points, and AdminApi::handle on every request it yields, with
-// hooks that have no proxies (no sockets, no event loop).
+// fuzz_http: the admin API's HTTP/1.x request parser (api/http_parser.hpp) on arbitrary
+// bytes split at fuzzer-chosen points, and the request guard (api/request_guard.hpp) and
+// AdminApi::handle on every request it yields, with hooks that have no proxies (no sockets,
+// no event loop).
 // Invariants beyond "no crash / no sanitizer report":
 //  - the requests and the final error do not depend on how the bytes were split;
 //  - an error is final and has a status in {400, 413, 431, 501, 505} and a UTF-8 reason;
@@ -11,14 +12,16 @@
 //  - a JSON response's body is well-formed JSON.
 #include <cctype>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "config/config.hpp"
-#include "fuzz_common.hpp"
 #include "api/admin_api.hpp"
 #include "api/http_parser.hpp"
+#include "api/request_guard.hpp"
+#include "config/config.hpp"
+#include "fuzz_common.hpp"
 #include "observe/log.hpp"
 #include "observe/metrics.hpp"
 
@@ -259,7 +262,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     hooks.metrics = &metrics();
     if (flags & 4) hooks.token = "s3cret";
     AdminApi api(std::move(hooks));
+    // The request guard App puts in front: the admin API's policy (loopback or not, by flag)
+    // and the Toxiproxy API's; a refusal is a bounded, printable 403/415 with a JSON body.
+    RequestGuard admin_guard({"admin API", (flags & 8) != 0, true});
+    RequestGuard toxi_guard({"Toxiproxy API", true, false});
     for (const HttpRequest& req : whole.requests) {
+        for (RequestGuard* g : {&admin_guard, &toxi_guard}) {
+            std::optional<GuardRefusal> refusal = g->check(req);
+            if (!refusal) continue;
+            FUZZ_CHECK(refusal->status == 403 || refusal->status == 415);
+            FUZZ_CHECK(!refusal->reason.empty() && refusal->reason.size() < 600);
+            for (char c : refusal->reason) FUZZ_CHECK(c >= 0x20 && c < 0x7f);
+            HttpResponse rr = refusal->response(g == &toxi_guard);
+            FUZZ_CHECK(valid_json(rr.body));
+            // Reads are refused only for their Host.
+            if (is_safe_method(req.method)) FUZZ_CHECK(refusal->reason.rfind("Host ", 0) == 0);
+        }
         HttpResponse r = api.handle(req);
         FUZZ_CHECK(r.status >= 200 && r.status <= 599);
         FUZZ_CHECK(valid_utf8(r.body));

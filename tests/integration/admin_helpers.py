@@ -110,8 +110,12 @@ class Admin:
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
             hdrs.setdefault("Content-Type", "application/json")
-        elif isinstance(body, str):
-            body = body.encode()
+        elif isinstance(body, (str, bytes)):
+            # Rule bodies in tests are YAML or JSON text; the API refuses a body without a
+            # JSON or YAML Content-Type (browser protection, docs/security.md).
+            if isinstance(body, str):
+                body = body.encode()
+            hdrs.setdefault("Content-Type", "application/yaml")
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=hdrs)

@@ -286,7 +286,7 @@ def test_body_too_large_413(tcpfault, servers):
     p, api = start_with_admin(tcpfault, [{"name": "p", "upstream": echo.addr}])
 
     # Over 1 MiB announced: 413 without reading the body.
-    head = (b"POST /api/proxies/p/rules HTTP/1.1\r\nHost: x\r\n"
+    head = (b"POST /api/proxies/p/rules HTTP/1.1\r\nHost: localhost\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1048577\r\n\r\n")
     status, raw = raw_http(api.port, head)
     assert status == 413, raw[:300]
@@ -305,7 +305,7 @@ def test_body_too_large_413(tcpfault, servers):
     # Chunked bodies are bounded too.
     chunk = b"a" * 65536
     chunked = b"".join(b"%x\r\n" % len(chunk) + chunk + b"\r\n" for _ in range(17)) + b"0\r\n\r\n"
-    status, raw = raw_http(api.port, b"POST /api/proxies/p/rules HTTP/1.1\r\nHost: x\r\n"
+    status, raw = raw_http(api.port, b"POST /api/proxies/p/rules HTTP/1.1\r\nHost: localhost\r\n"
                                      b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
     assert status == 413, raw[:300]
 
@@ -323,18 +323,18 @@ def test_header_too_large_431_and_malformed_400(tcpfault, servers):
     echo = servers.echo()
     p, api = start_with_admin(tcpfault, [{"name": "p", "upstream": echo.addr}])
 
-    status, raw = raw_http(api.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " +
+    status, raw = raw_http(api.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " +
                            b"a" * (17 * 1024) + b"\r\n\r\n")
     assert status == 431, raw[:300]
     # just under the limit is fine
-    status, raw = raw_http(api.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " +
+    status, raw = raw_http(api.port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " +
                            b"a" * (15 * 1024) + b"\r\nConnection: close\r\n\r\n")
     assert status == 200, raw[:300]
 
     for bad in [b"GARBAGE\r\n\r\n",
                 b"GET /healthz HTTP/1.1 extra\r\n\r\n",
                 b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
-                b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+                b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n",
                 b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"]:
         status, raw = raw_http(api.port, bad)
         assert status == 400, f"{bad!r} -> {raw[:300]!r}"
@@ -587,8 +587,8 @@ def test_runtime_rule_when_counts_from_connection_start_and_removal_cancels(tcpf
 
 @pytest.mark.timeout(30)
 def test_readme_curl_calls(tcpfault, servers, tmp_path):
-    """The README's "Driving it from test code" commands, with curl as written there (curl -d
-    sends application/x-www-form-urlencoded: the body is still taken as JSON/YAML)."""
+    """The README's "Driving it from test code" commands, with curl as written there (bodies
+    with -H 'Content-Type: application/json'; curl -d alone sends a form type, refused)."""
     curl = shutil.which("curl")
     if curl is None:
         pytest.fail("curl not found: install Debian's package `curl`", pytrace=False)
@@ -612,9 +612,15 @@ def test_readme_curl_calls(tcpfault, servers, tmp_path):
         assert code == 200 and len(body) == 1 and body[0]["bytes_upstream"] == 4, body
     rule = ('{"name": "cut-download",\n     "when": {"direction": "downstream", '
             '"after_bytes": "700KiB"},\n     "fault": {"type": "reset", "to": "client"}}')
+    j = "Content-Type: application/json"
+    # Without the header curl says application/x-www-form-urlencoded, which a web page can
+    # send to any site: refused, and nothing is added.
     code, body = run("-X", "POST", f"{a}/api/proxies/web/rules", "-d", rule)
+    assert code == 415 and "application/json" in body["error"], body
+    assert [r["name"] for r in api.proxy("web")["rules"]] == ["slow"]
+    code, body = run("-X", "POST", f"{a}/api/proxies/web/rules", "-H", j, "-d", rule)
     assert code == 201 and body["name"] == "cut-download", body
-    code, body = run("-X", "POST", f"{a}/api/proxies/web/rules", "-d", rule)
+    code, body = run("-X", "POST", f"{a}/api/proxies/web/rules", "-H", j, "-d", rule)
     assert code == 409 and "error" in body, body
     code, body = run("-X", "DELETE", f"{a}/api/proxies/web/rules/cut-download")
     assert code == 200 and body == {"deleted": "cut-download"}, body
@@ -622,11 +628,12 @@ def test_readme_curl_calls(tcpfault, servers, tmp_path):
     assert code == 200 and body["enabled"] is False, body
     code, body = run("-X", "POST", f"{a}/api/proxies/web/rules/slow/enable")
     assert code == 200 and body["enabled"] is True, body
-    code, body = run("-X", "PUT", f"{a}/api/proxies/web/rules/slow", "-d",
+    code, body = run("-X", "PUT", f"{a}/api/proxies/web/rules/slow", "-H", j, "-d",
                      '{"name": "slow", "fault": {"type": "latency", "delay": "1s"}}')
     assert code == 200 and body["fault"] == "latency", body
     wait_idle(api, "web")
-    code, body = run("-X", "POST", f"{a}/api/proxies/web/restart", "-d", '{"downtime": "2s"}')
+    code, body = run("-X", "POST", f"{a}/api/proxies/web/restart", "-H", j, "-d",
+                     '{"downtime": "2s"}')
     assert code == 200 and body == {"reset": 0, "downtime": "2s"}, body
     code, body = run("-X", "POST", f"{a}/api/reload")
     assert code == 200 and body == {"reloaded": True}, body

@@ -269,7 +269,7 @@ def test_unknown_paths_and_methods(target):
     p, api, probe = target
     wrong = []
     for method, path, want in UNKNOWN:
-        status, raw = raw_http(api.port, f"{method} {path} HTTP/1.1\r\nHost: x\r\n"
+        status, raw = raw_http(api.port, f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
                                          f"Connection: close\r\n\r\n".encode(), timeout=5)
         if status != want:
             wrong.append(f"{method} {path[:60]}: expected {want}, got {status}: {raw[:200]!r}")
@@ -363,7 +363,7 @@ def test_hostile_rule_bodies_get_400_fast(target):
             if path.endswith("/restart") and not name.startswith(("deep", "billion", "utf8",
                                                                    "binary", "nul", "recursive")):
                 continue  # restart bodies are tiny objects; the rest adds nothing there
-            head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            head = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
             t0 = time.monotonic()
             status, raw = raw_http(api.port, head.encode() + body, timeout=10)
@@ -393,6 +393,7 @@ def test_error_bodies_are_valid_utf8_json(target):
     rule = b'{"name": "\xff\xfe", "fault": {"type": "reset"}}'
     for data in (b"GET /api/proxies/%ff%fe HTTP/1.1\r\nConnection: close\r\n\r\n",
                  b"POST /api/proxies/main/rules HTTP/1.1\r\nConnection: close\r\n"
+                 b"Content-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(rule) + rule):
         _, raw = raw_http(api.port, data, timeout=5)
         body = raw.partition(b"\r\n\r\n")[2]
@@ -405,7 +406,7 @@ def test_one_hostile_rule_body_does_not_balloon_memory(target):
     before = p.rss_kib()
     body = b"[" * (MiB - 1024)
     head = (f"POST /api/proxies/main/rules HTTP/1.1\r\nConnection: close\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
     status, raw = raw_http(api.port, head + body, timeout=10)
     assert status == 400, raw[:300]
     grown = (p.rss_kib() - before) / 1024
@@ -452,18 +453,23 @@ def _drip(port: int, data: bytes, interval: float, result: dict) -> None:
 
 @pytest.mark.timeout(60)
 def test_slow_drip_and_idle_crowd_are_cut_off_while_the_proxy_keeps_serving(target):
-    """One client drips a request a byte every 200 ms; 150 more open a connection and send
-    half a request line. The header timeout (10 s, fixed) answers each with 408 and closes;
-    meanwhile the admin API answers other clients and the data path keeps echoing."""
+    """One client drips a request a byte every 200 ms; 150 more (from another address, as
+    one address may hold only 64 admin connections: its oldest unfinished ones would give way)
+    open a connection and send half a request line. The header timeout (10 s, fixed) answers
+    each with 408 and closes; meanwhile the admin API answers other clients and the data path
+    keeps echoing."""
     p, api, probe = target
     port = api.port
-    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 200 + b"\r\n\r\n"
+    request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"p" * 200 + b"\r\n\r\n"
     drip: dict = {}
     t = threading.Thread(target=_drip, args=(port, request, 0.2, drip), daemon=True)
     t.start()
     crowd = []
     for _ in range(150):
-        s = connect((LOOPBACK, port), timeout=5)
+        s = socket.socket()
+        s.settimeout(5)
+        s.bind(("127.0.0.2", 0))  # Linux routes all of 127.0.0.0/8 to lo
+        s.connect((LOOPBACK, port))
         s.sendall(b"GET /api/prox")
         crowd.append(s)
     started = time.monotonic()
@@ -508,8 +514,8 @@ def test_slow_drip_and_idle_crowd_are_cut_off_while_the_proxy_keeps_serving(targ
 
 @pytest.mark.timeout(60)
 def test_admin_connection_flood_is_bounded_and_recovers(target):
-    """More idle connections than the admin server accepts (256): the excess is closed at
-    once instead of exhausting descriptors, the data path is unaffected, and the admin API
+    """More idle connections than the admin server keeps (64 per client address, 256 in all):
+    the oldest are closed at once to admit the newest instead of exhausting descriptors, the data path is unaffected, and the admin API
     serves again as soon as the flood goes away."""
     p, api, probe = target
     port = api.port

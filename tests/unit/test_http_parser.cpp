@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -423,7 +424,9 @@ struct ClientResponse {
 // A blocking client socket; every receive is bounded by SO_RCVTIMEO.
 class Client {
   public:
-    explicit Client(uint16_t port, int timeout_ms = 3000, int family = AF_INET) {
+    // `source`: an IPv4 loopback address to connect from (e.g. "127.0.0.2"), or nullptr.
+    explicit Client(uint16_t port, int timeout_ms = 3000, int family = AF_INET,
+                    const char* source = nullptr) {
         fd_ = ::socket(family, SOCK_STREAM, 0);
         if (fd_ < 0) return;
         timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
@@ -431,6 +434,16 @@ class Client {
         setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         int one = 1;
         setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (source != nullptr) {
+            sockaddr_in b{};
+            b.sin_family = AF_INET;
+            inet_pton(AF_INET, source, &b.sin_addr);
+            if (::bind(fd_, reinterpret_cast<sockaddr*>(&b), sizeof b) != 0) {
+                ::close(fd_);
+                fd_ = -1;
+                return;
+            }
+        }
         int rc;
         if (family == AF_INET) {
             sockaddr_in a{};
@@ -550,6 +563,10 @@ class Client {
 // Runs `server` on a fresh loop in this thread while `client(port, request_close)` runs in
 // another; the server is closed when the client returns, when it calls request_close(), or at
 // the deadline. Checks that close() completes and leaves the loop without handles.
+// Loop turns of the server's loop so far, counted after each poll (where the server refills
+// its per-turn budgets); handlers read it.
+std::atomic<uint64_t> g_turns{0};
+
 struct LoopTick {
     std::atomic<bool>* close_requested;
     HttpServer* server;
@@ -598,7 +615,13 @@ void run_server(HttpServer::Limits limits, HttpHandler handler,
                 k->server->close([flag] { *flag = true; });
             },
             5, 5);
-        uv_run(&loop, UV_RUN_DEFAULT);  // returns once every handle is closed
+        uv_check_t turns;
+        uv_check_init(&loop, &turns);
+        uv_check_start(&turns, [](uv_check_t*) { ++g_turns; });
+        uv_unref(reinterpret_cast<uv_handle_t*>(&turns));  // does not keep the loop running
+        uv_run(&loop, UV_RUN_DEFAULT);  // returns once every other handle is closed
+        uv_close(reinterpret_cast<uv_handle_t*>(&turns), nullptr);
+        uv_run(&loop, UV_RUN_DEFAULT);
         t.join();
         timed_out = tick.timed_out;
         CHECK(server.closed());
@@ -854,7 +877,7 @@ TEST_CASE("http server: a client that never reads holds one response, then is dr
     CHECK(calls == 1);
 }
 
-TEST_CASE("http server: close() with connections open completes; max_connections") {
+TEST_CASE("http server: close() with connections open completes; max_connections evicts") {
     HttpServer::Limits limits;
     limits.max_connections = 2;
     run_server(limits, echo, [](uint16_t port, const std::function<void()>& request_close) {
@@ -866,21 +889,161 @@ TEST_CASE("http server: close() with connections open completes; max_connections
             auto r = c->read_response();
             REQUIRE(r.has_value());
         }
-        // Both slots are taken: a third connection is accepted and closed at once.
+        // Both slots are taken: a third connection takes the place of the longest-idle one.
         Client third(port);
         REQUIRE(third.ok());
         auto t0 = Clock::now();
-        CHECK(third.wait_closed());
+        CHECK(a.wait_closed());
         CHECK(ms_since(t0) < 1000);
-        // The admitted ones still work.
-        CHECK(a.send("GET /still HTTP/1.1\r\n\r\n"));
-        CHECK(a.read_response().has_value());
+        CHECK(third.send("GET /third HTTP/1.1\r\n\r\n"));
+        CHECK(third.read_response().has_value());
+        // The other one still works.
+        CHECK(b.send("GET /still HTTP/1.1\r\n\r\n"));
+        CHECK(b.read_response().has_value());
         // A partial request is pending on `b` while the server closes.
         CHECK(b.send("POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\n12"));
         request_close();
-        CHECK(a.wait_closed());
         CHECK(b.wait_closed());
+        CHECK(third.wait_closed());
     });
+}
+
+TEST_CASE("http server: eviction order within one client address") {
+    HttpServer::Limits limits;
+    limits.max_connections_per_client = 3;
+    run_server(limits, echo, [](uint16_t port, const auto&) {
+        auto ask = [](Client& c, const char* path) {
+            if (!c.send(std::string("GET ") + path + " HTTP/1.1\r\n\r\n")) return false;
+            auto r = c.read_response();
+            return r.has_value() && r->status == 200;
+        };
+        Client idle_old(port);
+        REQUIRE(ask(idle_old, "/1"));
+        Client slow(port);  // a slowloris: part of a head, never finished
+        REQUIRE(slow.send("GET /slow HTTP/1.1\r\nX-A: "));
+        Client idle_new(port);
+        REQUIRE(ask(idle_new, "/2"));
+        // Over the limit: idle keep-alive connections go first, the longest idle first...
+        Client d(port);
+        CHECK(idle_old.wait_closed());
+        REQUIRE(ask(d, "/d"));
+        Client e(port);
+        CHECK(idle_new.wait_closed());
+        // (`d`, idle since its answer, goes before the slowloris as well.)
+        REQUIRE(ask(e, "/e"));
+        Client f(port);
+        CHECK(d.wait_closed());
+        // f has not sent anything and e is idle: e goes.
+        Client g(port);
+        CHECK(e.wait_closed());
+        // Now slow (older) and f, g are all waiting for a request: the oldest goes.
+        Client h(port);
+        CHECK(slow.wait_closed());
+        REQUIRE(ask(f, "/f"));
+        REQUIRE(ask(g, "/g"));
+        REQUIRE(ask(h, "/h"));
+    });
+}
+
+TEST_CASE("http server: over max_connections the busiest address gives way") {
+    HttpServer::Limits limits;
+    limits.max_connections = 4;
+    limits.max_connections_per_client = 3;
+    run_server(limits, echo, [](uint16_t port, const auto&) {
+        // Needs 127.0.0.2 and 127.0.0.3, which Linux routes to lo.
+        Client probe(port, 3000, AF_INET, "127.0.0.3");
+        if (!probe.ok()) return;
+        auto ask = [](Client& c) {
+            if (!c.send("GET / HTTP/1.1\r\n\r\n")) return false;
+            auto r = c.read_response();
+            return r.has_value() && r->status == 200;
+        };
+        REQUIRE(ask(probe));
+        Client a1(port, 3000, AF_INET, "127.0.0.2"), a2(port, 3000, AF_INET, "127.0.0.2"),
+            a3(port, 3000, AF_INET, "127.0.0.2");
+        for (Client* c : {&a1, &a2, &a3}) REQUIRE(ask(*c));
+        // Full (4). A new address: 127.0.0.2 holds the most and loses its longest-idle one,
+        // although the probe from 127.0.0.3 has been idle longer.
+        Client b(port, 3000, AF_INET, "127.0.0.4");
+        REQUIRE(b.ok());
+        CHECK(a1.wait_closed());
+        CHECK(ask(b));
+        CHECK(ask(probe));
+        // A fourth connection from 127.0.0.2 (holding 2 now): full again, it takes its own
+        // address's longest-idle place.
+        Client a4(port, 3000, AF_INET, "127.0.0.2");
+        CHECK(a2.wait_closed());
+        CHECK(ask(a4));
+        CHECK(ask(probe));
+        CHECK(ask(b));
+        CHECK(ask(a3));
+    });
+}
+
+TEST_CASE("http server: pipelined requests are answered a bounded number per loop turn") {
+    HttpServer::Limits limits;
+    limits.requests_per_turn = 6;
+    limits.requests_per_slice = 2;
+    std::map<uint64_t, int> per_turn;
+    std::map<std::pair<uint64_t, std::string>, int> per_turn_conn;
+    std::vector<std::string> order;
+    std::atomic<bool> a_started{false};
+    run_server(
+        limits,
+        [&](const HttpRequest& r) {
+            uint64_t t = g_turns.load();
+            ++per_turn[t];
+            std::string conn = r.path.substr(0, 2);  // "/a" or "/b"
+            ++per_turn_conn[{t, conn}];
+            order.push_back(r.path);
+            if (conn == "/a") {
+                a_started = true;
+                // Each of a's requests takes a while, so b arrives while a's are still queued.
+                std::this_thread::sleep_for(std::chrono::microseconds(500));
+            }
+            return echo(r);
+        },
+        [&](uint16_t port, const auto&) {
+            const int n = 300;
+            std::string a, b;
+            for (int i = 0; i < n; ++i) {
+                a += "GET /a" + std::to_string(i) + " HTTP/1.1\r\n\r\n";
+                b += "GET /b" + std::to_string(i) + " HTTP/1.1\r\n\r\n";
+            }
+            Client ca(port), cb(port);
+            REQUIRE(ca.ok());
+            REQUIRE(cb.ok());
+            REQUIRE(ca.send(a));
+            while (!a_started) std::this_thread::yield();  // an event: a's first request ran
+            REQUIRE(cb.send(b));
+            for (Client* c : {&ca, &cb}) {
+                const char* which = c == &ca ? "/a" : "/b";
+                for (int i = 0; i < n; ++i) {
+                    auto r = c->read_response();
+                    REQUIRE(r.has_value());
+                    REQUIRE(r->body.find(std::string("\"") + which + std::to_string(i) + "\"") !=
+                            std::string::npos);
+                }
+            }
+        });
+    REQUIRE(order.size() == 600);
+    int most = 0;
+    for (const auto& [turn, count] : per_turn) most = std::max(most, count);
+    CHECK(most <= 6);
+    int most_conn = 0;
+    for (const auto& [key, count] : per_turn_conn) most_conn = std::max(most_conn, count);
+    // A connection gets a slice from a read or a write completion and perhaps one from the
+    // queue in the same turn.
+    CHECK(most_conn <= 4);
+    CHECK(per_turn.size() >= 100);  // spread over many turns
+    // Fair: b does not wait for a's 300 to finish; they alternate from b's arrival on.
+    size_t first_b = 0;
+    while (first_b < order.size() && order[first_b].rfind("/b", 0) != 0) ++first_b;
+    INFO("b's first request was answered after " << first_b << " of a's");
+    CHECK(first_b < 100);
+    size_t last_a = order.size();
+    while (last_a > 0 && order[last_a - 1].rfind("/a", 0) != 0) --last_a;
+    CHECK(last_a > 400);  // a still had requests left when b's were being answered
 }
 
 TEST_CASE("http server: parse errors are answered with JSON and close") {
