@@ -58,8 +58,10 @@ TEST_CASE("json_escape: output is valid UTF-8 JSON whatever the input bytes") {
     CHECK(json_escape("a\"b\\c\n\x01") == "a\\\"b\\\\c\\n\\u0001");
     CHECK(json_escape("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80") ==
           "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
-    CHECK(json_escape("bad\xff\xfe") == "bad\\ufffd\\ufffd");
-    CHECK(json_escape("\xc3") == "\\ufffd");                        // truncated sequence
-    CHECK(json_escape("\xc0\xaf") == "\\ufffd\\ufffd");             // overlong '/'
-    CHECK(json_escape("\xed\xa0\x80") == "\\ufffd\\ufffd\\ufffd");  // surrogate
+    // Ill-formed UTF-8 becomes U+FFFD (written as UTF-8: EF BF BD), one per bad byte.
+    const std::string fffd = "\xef\xbf\xbd";
+    CHECK(json_escape("bad\xff\xfe") == "bad" + fffd + fffd);
+    CHECK(json_escape("\xc3") == fffd);                        // truncated sequence
+    CHECK(json_escape("\xc0\xaf") == fffd + fffd);             // overlong '/'
+    CHECK(json_escape("\xed\xa0\x80") == fffd + fffd + fffd);  // surrogate
 }
