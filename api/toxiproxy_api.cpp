@@ -119,6 +119,11 @@ Error read_entries(const Json& v, std::vector<PopulateEntry>& out) {
         return {400,
                 "bad request body: expected an array of proxies, found " + toxiproxy::kind_of(v)};
     if (v.is_null()) return {};
+    // Each entry may bind a socket: one request's work stays bounded.
+    constexpr size_t kMaxEntries = 1000;
+    if (v.size() > kMaxEntries)
+        return {400, "too many proxies in one request: " + std::to_string(v.size()) + " (at most " +
+                         std::to_string(kMaxEntries) + ")"};
     for (size_t i = 0; i < v.size(); ++i) {
         std::string at = " at proxy " + std::to_string(i + 1);
         PopulateEntry e;

@@ -182,7 +182,8 @@ TEST_CASE("toxiproxy: version, unknown paths, methods, browsers and the request 
     REQUIRE(id != nullptr);
     CHECK(id->size() == 20);
     CHECK(id->find_first_not_of("0123456789abcdefghijklmnopqrstuv") == std::string::npos);
-    const std::string* id2 = header(rig.call("GET", "/proxies"), "X-Toxiproxy-Request-Id");
+    HttpResponse second = rig.call("GET", "/proxies");
+    const std::string* id2 = header(second, "X-Toxiproxy-Request-Id");
     REQUIRE(id2 != nullptr);
     CHECK(*id2 != *id);
 
@@ -908,6 +909,10 @@ TEST_CASE("toxiproxy: populate, whole and partial") {
     CHECK(rig.call("POST", "/populate", R"([{"upstream":"x:1"}])").body ==
           R"({"error":"missing required field: name at proxy 1","status":400,"proxies":null})");
     CHECK(rig.call("POST", "/populate", "{}").status == 400);
+    std::string many = "[";
+    for (int i = 0; i < 1001; ++i) many += std::string(i ? "," : "") + "{}";
+    CHECK(nlohmann::json::parse(rig.call("POST", "/populate", many + "]").body)["error"] ==
+          "too many proxies in one request: 1001 (at most 1000)");
 }
 
 TEST_CASE("toxiproxy: -config files: proxies and their toxics") {
