@@ -309,6 +309,7 @@ HttpResponse ToxiproxyApi::route(const HttpRequest& req) {
         r.headers.emplace_back("X-Content-Type-Options", "nosniff");
         r.body = "User agent not allowed\n";
     } else if (parts[0] == "version") {
+        // Toxiproxy's text byte for byte (printf-made, with its space): a constant, no escaping.
         r.content_type = "application/json;charset=utf-8";
         r.body = std::string("{\"version\": \"") + kVersion + "\"}\n";
     } else if (parts[0] == "metrics") {
