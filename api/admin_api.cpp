@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 
 #include "config/units.hpp"
 #include "config/yaml_guard.hpp"
@@ -14,19 +15,20 @@ namespace tcpfault {
 
 namespace {
 
-std::string q(std::string_view s) {
-    return "\"" + log::json_escape(s) + "\"";
-}
+// Objects keep their keys in the order they were set, so responses read like the SPEC.
+using Json = nlohmann::ordered_json;
 
-HttpResponse json(int status, std::string body) {
+// One JSON document and a newline; names and messages that are not UTF-8 (a request path) get
+// U+FFFD, so the body is always valid JSON.
+HttpResponse json(int status, const Json& body) {
     HttpResponse r;
     r.status = status;
-    r.body = std::move(body) + "\n";
+    r.body = body.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n";
     return r;
 }
 
 HttpResponse error(int status, std::string_view message) {
-    return json(status, "{\"error\":" + q(message) + "}");
+    return json(status, Json{{"error", message}});
 }
 
 std::vector<std::string> split_path(const std::string& path) {
@@ -41,25 +43,26 @@ std::vector<std::string> split_path(const std::string& path) {
     return parts;
 }
 
-std::string rule_json(const config::Rule& r, ProxyServer& p) {
-    bool active = faults::rule_active(r, since_start(), p.fired(r.name));
-    return "{\"name\":" + q(r.name) + ",\"fault\":" + q(config::fault_name(r.fault)) +
-           ",\"enabled\":" + (r.enabled ? "true" : "false") +
-           ",\"active\":" + (active ? "true" : "false") +
-           ",\"fired\":" + std::to_string(p.fired(r.name)) + "}";
+Json rule_json(const config::Rule& r, ProxyServer& p) {
+    uint64_t fired = p.fired(r.name);
+    bool active = faults::rule_active(r, since_start(), fired);
+    return Json{{"name", r.name},
+                {"fault", config::fault_name(r.fault)},
+                {"enabled", r.enabled},
+                {"active", active},
+                {"fired", fired}};
 }
 
-std::string proxy_json(ProxyServer& p) {
+Json proxy_json(ProxyServer& p) {
     const config::Proxy& c = p.config();
-    std::string out = "{\"name\":" + q(c.name) + ",\"listen\":" + q(p.listen_addr()) +
-                      ",\"upstream\":" + q(c.upstream.str()) +
-                      ",\"protocol\":" + q(c.protocol == config::Protocol::ftp ? "ftp" : "tcp") +
-                      ",\"active_connections\":" + std::to_string(p.active()) + ",\"rules\":[";
-    for (size_t i = 0; i < c.rules.size(); ++i) {
-        if (i > 0) out += ",";
-        out += rule_json(c.rules[i], p);
-    }
-    return out + "]}";
+    Json rules = Json::array();
+    for (const auto& r : c.rules) rules.push_back(rule_json(r, p));
+    return Json{{"name", c.name},
+                {"listen", p.listen_addr()},
+                {"upstream", c.upstream.str()},
+                {"protocol", c.protocol == config::Protocol::ftp ? "ftp" : "tcp"},
+                {"active_connections", p.active()},
+                {"rules", std::move(rules)}};
 }
 
 // Validates a rule body exactly as the file loader would, plus what only the proxy knows.
@@ -141,7 +144,7 @@ HttpResponse AdminApi::route(const HttpRequest& req, const std::vector<std::stri
         if (m != "POST") return error(405, "method not allowed (use POST)");
         std::string err = hooks_.reload();
         if (!err.empty()) return error(400, "reload failed, running config kept: " + err);
-        return json(200, "{\"reloaded\":true}");
+        return json(200, Json{{"reloaded", true}});
     }
     if (parts[1] != "proxies") return error(404, "no such path: " + req.path);
     if (n == 2) {
@@ -166,10 +169,9 @@ HttpResponse AdminApi::route(const HttpRequest& req, const std::vector<std::stri
     if (n == 4) {
         if (m == "POST") return add_rule(*p, req.body);
         if (only("GET")) {
-            std::string out = "[";
-            for (size_t i = 0; i < p->config().rules.size(); ++i)
-                out += (i ? "," : "") + rule_json(p->config().rules[i], *p);
-            return json(200, out + "]");
+            Json out = Json::array();
+            for (const auto& r : p->config().rules) out.push_back(rule_json(r, *p));
+            return json(200, out);
         }
         return error(405, "method not allowed");
     }
@@ -193,36 +195,26 @@ HttpResponse AdminApi::route(const HttpRequest& req, const std::vector<std::stri
 }
 
 HttpResponse AdminApi::list_proxies() {
-    std::string out = "[";
-    bool first = true;
-    for (ProxyServer* p : hooks_.servers()) {
-        out += (first ? "" : ",") + proxy_json(*p);
-        first = false;
-    }
-    return json(200, out + "]");
+    Json out = Json::array();
+    for (ProxyServer* p : hooks_.servers()) out.push_back(proxy_json(*p));
+    return json(200, out);
 }
 
 HttpResponse AdminApi::list_connections(ProxyServer& p) {
-    std::string out = "[";
-    bool first = true;
+    Json out = Json::array();
     uint64_t now = uv_now(p.loop());
     p.for_each_session([&](const Session& s, unsigned worker) {
-        out += first ? "" : ",";
-        first = false;
-        out += "{\"id\":" + std::to_string(s.id()) + ",\"client\":" + q(s.client_addr()) +
-               ",\"age_seconds\":" +
-               std::to_string(static_cast<double>(now - s.started_ms()) / 1000.0) +
-               ",\"bytes_upstream\":" + std::to_string(s.bytes_up()) +
-               ",\"bytes_downstream\":" + std::to_string(s.bytes_down()) +
-               ",\"worker\":" + std::to_string(worker) + ",\"rules\":[";
-        bool first_rule = true;
-        for (const std::string& r : s.rule_names()) {
-            out += (first_rule ? "" : ",") + q(r);
-            first_rule = false;
-        }
-        out += "]}";
+        Json rules = Json::array();
+        for (const std::string& r : s.rule_names()) rules.push_back(r);
+        out.push_back(Json{{"id", s.id()},
+                           {"client", s.client_addr()},
+                           {"age_seconds", static_cast<double>(now - s.started_ms()) / 1000.0},
+                           {"bytes_upstream", s.bytes_up()},
+                           {"bytes_downstream", s.bytes_down()},
+                           {"worker", worker},
+                           {"rules", std::move(rules)}});
     });
-    return json(200, out + "]");
+    return json(200, out);
 }
 
 HttpResponse AdminApi::add_rule(ProxyServer& p, const std::string& body) {
@@ -260,7 +252,7 @@ HttpResponse AdminApi::delete_rule(ProxyServer& p, const std::string& name) {
     if (it == c->rules.end()) return error(404, "no such rule: " + name);
     c->rules.erase(it);
     p.update_config(c);
-    return json(200, "{\"deleted\":" + q(name) + "}");
+    return json(200, Json{{"deleted", name}});
 }
 
 HttpResponse AdminApi::switch_rule(ProxyServer& p, const std::string& name, bool enabled) {
@@ -295,8 +287,7 @@ HttpResponse AdminApi::restart(ProxyServer& p, const std::string& body) {
     }
     size_t open = p.active();
     p.restart(downtime);
-    return json(200, "{\"reset\":" + std::to_string(open) +
-                         ",\"downtime\":" + q(config::format_duration(downtime)) + "}");
+    return json(200, Json{{"reset", open}, {"downtime", config::format_duration(downtime)}});
 }
 
 HttpResponse AdminApi::metrics() {

@@ -1,11 +1,15 @@
 #include "app/app.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
+#include <cstdio>
+#include <cstring>
 #include <map>
 #include <thread>
 
 #include "api/request_guard.hpp"
+#include "api/toxiproxy_policy.hpp"
 #include "config/units.hpp"
 #include "net/uv_util.hpp"
 #include "observe/clock.hpp"
@@ -47,9 +51,15 @@ App::~App() {
     uv_loop_close(&loop_);
 }
 
+bool App::without_file() const {
+    return opts_.listen.has_value() || (opts_.toxiproxy_server && !opts_.config_given);
+}
+
 config::LoadResult App::load() {
     config::LoadResult r;
-    if (opts_.listen)
+    if (opts_.toxiproxy_server && !opts_.config_given)
+        r = config::load_string("proxies: []\n", "toxiproxy-server");
+    else if (opts_.listen)
         r = config::load_string(quick_proxy_yaml(*opts_.listen, *opts_.upstream), "command line");
     else
         r = config::load_file(opts_.config_path);
@@ -70,6 +80,14 @@ void App::apply_overrides(config::Config& cfg) const {
         cfg.admin.enabled = *opts_.admin != "off";
         // Validated in run() before we get here.
         if (cfg.admin.enabled) cfg.admin.listen = *config::parse_host_port(*opts_.admin, true);
+    }
+    if (const auto& t = opts_.toxiproxy_server) {
+        // -host/-port, or the file's toxiproxy.listen when they are not given.
+        if (t->listen_given || !cfg.toxiproxy.enabled) cfg.toxiproxy.listen = t->listen();
+        cfg.toxiproxy.enabled = true;
+        if (t->seed) cfg.seed = *t->seed;
+        cfg.toxiproxy.proxy_metrics = cfg.toxiproxy.proxy_metrics || t->proxy_metrics;
+        cfg.toxiproxy.runtime_metrics = cfg.toxiproxy.runtime_metrics || t->runtime_metrics;
     }
 }
 
@@ -93,6 +111,19 @@ int App::run() {
     cfg_ = std::move(*r.config);
     log::configure(cfg_.log.level, cfg_.log.format);
     log_warnings(r.warnings);
+    // The file's own toxiproxy section was checked by the loader; a flag may have turned the
+    // Toxiproxy API on since.
+    const char* how = opts_.toxiproxy_server ? "toxiproxy-server"
+                      : opts_.toxiproxy_api  ? "--toxiproxy-api"
+                                             : "toxiproxy.listen";
+    if (std::string e = toxiproxy::unauthenticated_error(cfg_, how); !e.empty()) {
+        log::error("config error", {{"error", e}});
+        return 2;
+    }
+    if (std::string e = read_toxiproxy_config(); !e.empty()) {
+        log::error("config error", {{"error", e}});
+        return 2;
+    }
     mark_start();
     // Without a configured seed every run differs; with one, every random decision repeats.
     seed_ = cfg_.seed ? *cfg_.seed : uv_hrtime();
@@ -213,7 +244,7 @@ ProxyServer* App::find_server(const std::string& name) {
     return nullptr;
 }
 
-std::string App::add_proxy(const config::Proxy& p) {
+std::string App::add_proxy(const config::Proxy& p, int* listen_error) {
     if (stopping_) return "shutting down";
     if (find_server(p.name) != nullptr) return "proxy " + p.name + " already exists";
     auto server = std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p), &pool_);
@@ -226,6 +257,7 @@ std::string App::add_proxy(const config::Proxy& p) {
         server->stop_accepting();
         retiring_.push_back(std::move(server));
         schedule_reap();
+        if (listen_error != nullptr) *listen_error = e;
         return "cannot listen on " + p.listen.str() + ": " + uv_error_string(e);
     }
     servers_.push_back(std::move(server));
@@ -296,14 +328,39 @@ std::string App::start_admin() {
     return "";
 }
 
+std::string App::read_toxiproxy_config() {
+    if (!opts_.toxiproxy_server || !opts_.toxiproxy_server->config_json) return "";
+    const std::string& path = *opts_.toxiproxy_server->config_json;
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+    if (!f) return "-config " + path + ": cannot read file: " + std::strerror(errno);
+    constexpr size_t kMax = 4 * 1024 * 1024;
+    std::string text;
+    char buf[65536];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f.get())) > 0 && text.size() <= kMax)
+        text.append(buf, n);
+    if (text.size() > kMax) return "-config " + path + ": file too large (the limit is 4 MiB)";
+    if (std::string e = ToxiproxyApi::check_config(text); !e.empty())
+        return "-config " + path + ": " + e;
+    toxiproxy_config_ = std::move(text);
+    return "";
+}
+
 std::string App::start_toxiproxy() {
     if (!cfg_.toxiproxy.enabled) return "";
     ToxiproxyApi::Hooks h;
-    h.servers = [this] { return servers(); };
-    h.find = [this](const std::string& n) { return find_server(n); };
-    h.add_proxy = [this](const config::Proxy& p) { return add_proxy(p); };
-    h.remove_proxy = [this](const std::string& n) { return remove_proxy(n); };
-    toxi_api_ = std::make_unique<ToxiproxyApi>(std::move(h));
+    h.proxies.servers = [this] { return servers(); };
+    h.proxies.find = [this](const std::string& n) { return find_server(n); };
+    h.proxies.add_proxy = [this](const config::Proxy& p, int* listen_error) {
+        return add_proxy(p, listen_error);
+    };
+    h.proxies.remove_proxy = [this](const std::string& n) { return remove_proxy(n); };
+    h.metrics = [this] {
+        for (auto& s : servers_) s->sync_metrics();
+        for (auto& s : retiring_) s->sync_metrics();
+        return metrics_.render();
+    };
+    toxi_api_ = std::make_unique<ToxiproxyApi>(std::move(h), cfg_.toxiproxy);
     // The admin API's browser rules, except the body type: Toxiproxy's own documentation
     // sends JSON with `curl -d` (a form type), and Toxiproxy refuses browsers by User-Agent.
     auto guard = std::make_shared<RequestGuard>();
@@ -317,14 +374,27 @@ std::string App::start_toxiproxy() {
                uv_error_string(e);
     guard->set_policy({"Toxiproxy API", toxi_http_->loopback(), false});
     log::info("toxiproxy api listening", {{"addr", toxi_http_->address()}});
+    const std::string& host = cfg_.toxiproxy.listen.host;
+    if (host != "127.0.0.1" && host != "::1" && host.rfind("127.", 0) != 0)
+        log::warn("the Toxiproxy API has no authentication and is reachable from other hosts",
+                  {{"addr", toxi_http_->address()}});
+    if (!toxiproxy_config_.empty()) {
+        std::string err = toxi_api_->load_config(toxiproxy_config_);
+        toxiproxy_config_.clear();
+        if (!err.empty())
+            return "toxiproxy-server -config " + *opts_.toxiproxy_server->config_json + ": " + err;
+        log::info("toxiproxy-server: proxies created from -config",
+                  {{"file", *opts_.toxiproxy_server->config_json}});
+    }
     return "";
 }
 
 std::string App::reload() {
     if (stopping_) return "shutting down";
-    if (opts_.listen) {
+    if (without_file()) {
         log::warn("reload ignored: running without a config file");
-        return "running without a config file (-l/-u): nothing to reload";
+        return "running without a config file (-l/-u, or toxiproxy-server without -c): "
+               "nothing to reload";
     }
     config::LoadResult r = load();
     std::string err = r.config ? apply(*r.config) : join_errors(r.errors);

@@ -8,14 +8,14 @@
 #include <string>
 #include <vector>
 
-#include "config/config.hpp"
 #include "api/admin_api.hpp"
-#include "app/cli.hpp"
 #include "api/http_server.hpp"
+#include "api/toxiproxy_api.hpp"
+#include "app/cli.hpp"
+#include "config/config.hpp"
+#include "net/worker.hpp"
 #include "observe/metrics.hpp"
 #include "proxy/proxy_server.hpp"
-#include "api/toxiproxy_api.hpp"
-#include "net/worker.hpp"
 
 namespace tcpfault {
 
@@ -32,8 +32,9 @@ class App {
     // Runtime proxy management (Toxiproxy API). On the loop thread only.
     std::vector<ProxyServer*> servers();
     ProxyServer* find_server(const std::string& name);
-    // Binds and starts a new proxy; "" or the error (name taken, cannot listen).
-    std::string add_proxy(const config::Proxy& p);
+    // Binds and starts a new proxy; "" or the error (name taken, cannot listen: the libuv
+    // error in *listen_error).
+    std::string add_proxy(const config::Proxy& p, int* listen_error = nullptr);
     // Stops accepting and resets its open connections; false if there is no such proxy.
     bool remove_proxy(const std::string& name);
 
@@ -51,6 +52,11 @@ class App {
     void close_process_handles();
     std::string start_admin();
     std::string start_toxiproxy();
+    // toxiproxy-server's -config file, read and checked before anything starts: "" or the
+    // error. Its text waits in toxiproxy_config_ until the API starts.
+    std::string read_toxiproxy_config();
+    // Running without a config file to reload (-l/-u, or toxiproxy-server without -c).
+    bool without_file() const;
     void start_workers();
 
     static void on_signal(uv_signal_t* h, int signum);
@@ -69,6 +75,7 @@ class App {
     std::unique_ptr<HttpServer> admin_;
     std::unique_ptr<ToxiproxyApi> toxi_api_;
     std::unique_ptr<HttpServer> toxi_http_;
+    std::string toxiproxy_config_;
     std::vector<std::unique_ptr<ProxyServer>> servers_;
     // Proxies removed or re-bound by a reload, finishing their open sessions.
     std::vector<std::unique_ptr<ProxyServer>> retiring_;

@@ -9,6 +9,21 @@
 
 namespace tcpfault {
 
+// `tcpfault toxiproxy-server` (or the binary run as `toxiproxy-server`): Toxiproxy's server
+// command line (cmd/server/server.go), for compose files and CI scripts written for it.
+struct ToxiproxyServerOptions {
+    std::string host = "localhost";          // -host
+    uint16_t port = 8474;                    // -port
+    bool listen_given = false;               // -host or -port was given
+    std::optional<std::string> config_json;  // -config: Toxiproxy's JSON proxy list
+    std::optional<uint64_t> seed;            // -seed (an int64, as Toxiproxy's)
+    bool proxy_metrics = false;              // -proxy-metrics
+    bool runtime_metrics = false;            // -runtime-metrics
+    // The address -host and -port mean, as Go's net.Listen reads them: localhost is
+    // 127.0.0.1, "" and 0.0.0.0 every IPv4 interface.
+    config::HostPort listen() const;
+};
+
 struct Options {
     enum class Mode { run, check, version, help };
     Mode mode = Mode::run;
@@ -20,6 +35,7 @@ struct Options {
     std::optional<std::string> toxiproxy_api;
     std::optional<config::LogLevel> log_level;
     std::optional<config::LogFormat> log_format;
+    std::optional<ToxiproxyServerOptions> toxiproxy_server;  // set: toxiproxy-server mode
 };
 
 struct CliResult {
@@ -27,8 +43,16 @@ struct CliResult {
     std::string error;  // non-empty: usage error (exit 2)
 };
 
-CliResult parse_cli(const std::vector<std::string>& args);  // args exclude argv[0]
+// args exclude argv[0]. `toxiproxy-server` as the first argument switches to that command.
+CliResult parse_cli(const std::vector<std::string>& args);
 const char* usage_text();
+
+// Toxiproxy's server flags, the Go way (-flag, --flag, -flag=value, -flag value; booleans as
+// -flag or -flag=false), plus tcpfault's -c/-tcpfault-config, -admin, -log-level, -log-format.
+CliResult parse_toxiproxy_server_cli(const std::vector<std::string>& args);
+const char* toxiproxy_server_usage();
+// True when argv[0]'s file name is toxiproxy-server or toxiproxy (a link to the binary).
+bool invoked_as_toxiproxy_server(const std::string& argv0);
 
 // The YAML a `-l ADDR -u HOST:PORT` run is equivalent to, so it goes through the same
 // validation as a file.

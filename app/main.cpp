@@ -2,6 +2,7 @@
 #include <string>
 #include <vector>
 
+#include "api/toxiproxy_api.hpp"
 #include "app/app.hpp"
 #include "app/cli.hpp"
 #include "config/config.hpp"
@@ -9,20 +10,30 @@
 int main(int argc, char** argv) {
     using tcpfault::Options;
     std::vector<std::string> args(argv + 1, argv + argc);
-    tcpfault::CliResult cli = tcpfault::parse_cli(args);
+    // Run as toxiproxy-server (a link to the binary): Toxiproxy's command line.
+    bool toxiproxy = argc > 0 && tcpfault::invoked_as_toxiproxy_server(argv[0]);
+    tcpfault::CliResult cli =
+        toxiproxy ? tcpfault::parse_toxiproxy_server_cli(args) : tcpfault::parse_cli(args);
+    const Options& o = cli.options;
+    const char* usage =
+        o.toxiproxy_server ? tcpfault::toxiproxy_server_usage() : tcpfault::usage_text();
     if (!cli.error.empty()) {
         // The message alone, so it stays on screen; the usage is one flag away.
-        std::fprintf(stderr, "tcpfault: %s\nTry 'tcpfault --help' for more information.\n",
-                     cli.error.c_str());
+        const char* prog = o.toxiproxy_server ? "toxiproxy-server" : "tcpfault";
+        std::fprintf(stderr, "%s: %s\nTry '%s --help' for more information.\n", prog,
+                     cli.error.c_str(), prog);
         return 2;
     }
-    const Options& o = cli.options;
     switch (o.mode) {
         case Options::Mode::help:
-            std::fputs(tcpfault::usage_text(), stdout);
+            std::fputs(usage, stdout);
             return 0;
         case Options::Mode::version:
-            std::puts("tcpfault " TCPFAULT_VERSION);
+            if (o.toxiproxy_server)
+                std::printf("toxiproxy-server version %s (tcpfault %s)\n",
+                            tcpfault::ToxiproxyApi::kVersion, TCPFAULT_VERSION);
+            else
+                std::puts("tcpfault " TCPFAULT_VERSION);
             return 0;
         case Options::Mode::check: {
             auto r = tcpfault::config::load_file(o.config_path);

@@ -26,9 +26,35 @@ struct AdminConfig {
     std::string token;  // empty: no auth
 };
 
+// One entry of toxiproxy.allow_listen / allow_upstream: which addresses the Toxiproxy API may
+// open a listener on or relay to. Written `HOST`, `HOST:PORT`, `HOST:LO-HI`, `HOST:*` (IPv6 in
+// brackets when a port follows); HOST is an IP, a CIDR, a host name, `*.suffix` or `*`.
+struct AddressPattern {
+    enum class Host { any, network, name, suffix };
+    Host host_kind = Host::any;
+    Cidr network;      // Host::network (a bare IP is a /32 or /128)
+    std::string name;  // Host::name (lower case, no trailing dot); Host::suffix: ".example.com"
+    uint16_t port_min = 0;
+    uint16_t port_max = 65535;
+    std::string text;  // as written, for messages
+};
+
 struct ToxiproxyConfig {
     bool enabled = false;
     HostPort listen{"127.0.0.1", 8474};
+    // Toxiproxy clients send no credentials: with admin.token set, the API only starts when
+    // this says so.
+    bool allow_unauthenticated = false;
+    // Proxies from the config file may be changed (toxics, enabled, delete, reset) over the
+    // Toxiproxy API. Off: they are listed, read-only.
+    bool manage_config_proxies = false;
+    // Absent: any address. Present (even empty): only addresses matching an entry.
+    std::optional<std::vector<AddressPattern>> allow_listen;
+    std::optional<std::vector<AddressPattern>> allow_upstream;
+    // Toxiproxy's -proxy-metrics / -runtime-metrics: extra series on the API's /metrics.
+    bool proxy_metrics = false;
+    bool runtime_metrics = false;
+    Position pos;  // of the `toxiproxy` key, for messages
 };
 
 struct LogConfig {

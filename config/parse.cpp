@@ -8,6 +8,7 @@
 
 #include "config/env_expand.hpp"
 #include "config/parse_internal.hpp"
+#include "config/units.hpp"
 #include "config/yaml_guard.hpp"
 
 namespace tcpfault::config::detail {
@@ -139,13 +140,137 @@ void read_admin(Reader& r, const Entry& e, AdminConfig& admin, std::vector<Liste
     }
 }
 
+bool valid_pattern_name(std::string_view s) {
+    if (s.empty() || s.size() > 253) return false;
+    size_t label = 0;
+    for (char c : s) {
+        if (c == '.') {
+            if (label == 0) return false;
+            label = 0;
+            continue;
+        }
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '-' || c == '_';
+        if (!ok || ++label > 63) return false;
+    }
+    return label > 0;
+}
+
+// One allow_listen / allow_upstream entry (see AddressPattern); "" or what is wrong with it.
+std::string parse_address_pattern(std::string_view text, AddressPattern& out) {
+    out.text = std::string(text);
+    std::string_view host = text;
+    std::optional<std::string_view> port;
+    if (text == "*") return "";
+    if (!text.empty() && text.front() == '[') {
+        size_t close = text.find(']');
+        if (close == std::string_view::npos) return "missing \"]\"";
+        host = text.substr(1, close - 1);
+        std::string_view rest = text.substr(close + 1);
+        if (!rest.empty()) {
+            if (rest.front() != ':') return "expected :PORT after \"]\"";
+            port = rest.substr(1);
+        }
+    } else if (size_t slash = text.find('/'); slash != std::string_view::npos) {
+        // 10.0.0.0/8 or 10.0.0.0/8:5432 (an IPv6 network with a port needs brackets).
+        if (size_t colon = text.find(':', slash); colon != std::string_view::npos) {
+            host = text.substr(0, colon);
+            port = text.substr(colon + 1);
+        }
+    } else if (size_t colon = text.find(':'); colon != std::string_view::npos &&
+                                              text.find(':', colon + 1) == std::string_view::npos) {
+        host = text.substr(0, colon);
+        port = text.substr(colon + 1);
+    }
+    // (Two or more colons without brackets: a bare IPv6 address, any port.)
+    if (host.empty()) return "missing host (use * for any host)";
+    if (host == "*") {
+        out.host_kind = AddressPattern::Host::any;
+    } else if (host.starts_with("*.")) {
+        if (!valid_pattern_name(host.substr(2))) return "not a valid *.domain pattern";
+        out.host_kind = AddressPattern::Host::suffix;
+        out.name = std::string(host.substr(1));
+    } else if (host.find('/') != std::string_view::npos ||
+               host.find(':') != std::string_view::npos ||
+               std::all_of(host.begin(), host.end(),
+                           [](char c) { return (c >= '0' && c <= '9') || c == '.'; })) {
+        auto net = parse_cidr(host);
+        if (!net) return net.error;
+        out.host_kind = AddressPattern::Host::network;
+        out.network = *net;
+    } else {
+        if (!valid_pattern_name(host)) return "not a valid host name, IP address or CIDR";
+        out.host_kind = AddressPattern::Host::name;
+        out.name = std::string(host);
+    }
+    if (out.host_kind == AddressPattern::Host::name ||
+        out.host_kind == AddressPattern::Host::suffix) {
+        for (char& c : out.name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        if (out.name.ends_with('.')) out.name.pop_back();
+    }
+    if (!port || *port == "*") return "";
+    auto number = [](std::string_view d, uint16_t& v) {
+        if (d.empty() || d.size() > 5) return false;
+        uint32_t n = 0;
+        for (char c : d) {
+            if (c < '0' || c > '9') return false;
+            n = n * 10 + static_cast<uint32_t>(c - '0');
+        }
+        if (n > 65535) return false;
+        v = static_cast<uint16_t>(n);
+        return true;
+    };
+    size_t dash = port->find('-');
+    std::string_view lo = port->substr(0, dash);
+    std::string_view hi = dash == std::string_view::npos ? lo : port->substr(dash + 1);
+    if (!number(lo, out.port_min) || !number(hi, out.port_max))
+        return "the port must be a number 0-65535, a range like 8000-8999, or *";
+    if (out.port_min > out.port_max) return "the port range is reversed";
+    return "";
+}
+
+std::optional<std::vector<AddressPattern>> read_patterns(Reader& r, const Entry& e) {
+    if (!e.value.IsSequence()) {
+        r.error(e.value_pos, e.label + ": expected a sequence of addresses like 127.0.0.0/8, " +
+                                 "db.internal:5432 or \"[::1]:*\", found " + describe(e.value));
+        return std::nullopt;
+    }
+    std::vector<AddressPattern> out;
+    bool ok = true;
+    for (const auto& item : e.value) {
+        r.visit();
+        Position p = r.pos(item);
+        if (p.line == 0) p = e.value_pos;
+        if (!item.IsScalar()) {
+            r.error(p, e.label + ": expected an address pattern, found " + describe(item));
+            ok = false;
+            continue;
+        }
+        AddressPattern pat;
+        std::string err = parse_address_pattern(item.Scalar(), pat);
+        if (!err.empty()) {
+            r.error(p, "invalid " + e.label + " entry " + quote(item.Scalar()) + ": " + err);
+            ok = false;
+            continue;
+        }
+        out.push_back(std::move(pat));
+    }
+    if (!ok) return std::nullopt;
+    return out;
+}
+
 void read_toxiproxy(Reader& r, const Entry& e, ToxiproxyConfig& tp,
                     std::vector<ListenUse>& listens) {
     auto f = Fields::read(r, e.value, e.value_pos,
-                          {"toxiproxy", "in toxiproxy", "toxiproxy.", {"listen"}});
+                          {"toxiproxy",
+                           "in toxiproxy",
+                           "toxiproxy.",
+                           {"listen", "allow_unauthenticated", "manage_config_proxies",
+                            "allow_listen", "allow_upstream", "proxy_metrics", "runtime_metrics"}});
     if (!f) return;
     // Writing the section at all asks for the API; `listen: off` is the way to keep it off.
     tp.enabled = true;
+    tp.pos = e.key_pos;
     if (const Entry* l = f->get("listen")) {
         if (is_off(*l)) {
             tp.enabled = false;
@@ -154,6 +279,17 @@ void read_toxiproxy(Reader& r, const Entry& e, ToxiproxyConfig& tp,
             listens.push_back({"toxiproxy.listen", *v, l->value_pos});
         }
     }
+    auto flag = [&](const char* key, bool& out) {
+        if (const Entry* b = f->get(key)) {
+            if (auto v = get_bool(r, *b)) out = *v;
+        }
+    };
+    flag("allow_unauthenticated", tp.allow_unauthenticated);
+    flag("manage_config_proxies", tp.manage_config_proxies);
+    flag("proxy_metrics", tp.proxy_metrics);
+    flag("runtime_metrics", tp.runtime_metrics);
+    if (const Entry* a = f->get("allow_listen")) tp.allow_listen = read_patterns(r, *a);
+    if (const Entry* a = f->get("allow_upstream")) tp.allow_upstream = read_patterns(r, *a);
 }
 
 void read_log(Reader& r, const Entry& e, LogConfig& log) {
@@ -266,6 +402,14 @@ Config read_config(Reader& r, const YAML::Node& root) {
         std::string loop = upstream_loop(c.proxies, i);
         if (!loop.empty())
             r.error(c.proxies[i].upstream_pos, "proxy " + quote(c.proxies[i].name) + ": " + loop);
+    }
+    // Toxiproxy clients cannot send a bearer token: the token would protect the admin API
+    // while anyone reaching the Toxiproxy port could still change every proxy.
+    if (c.toxiproxy.enabled && !c.admin.token.empty() && !c.toxiproxy.allow_unauthenticated) {
+        r.error(c.toxiproxy.pos,
+                "toxiproxy: the Toxiproxy API cannot check admin.token (Toxiproxy clients send "
+                "no credentials), so anyone who reaches toxiproxy.listen could change every "
+                "proxy; set toxiproxy.allow_unauthenticated: true to run it anyway");
     }
     return c;
 }

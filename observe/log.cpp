@@ -4,8 +4,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
+
+#include <nlohmann/json.hpp>
 
 namespace tcpfault::log {
 namespace {
@@ -66,68 +71,29 @@ bool enabled(config::LogLevel level) {
 }
 
 namespace {
-// Length of the well-formed UTF-8 sequence starting at s[i], or 0 if it is not one.
-size_t utf8_sequence(std::string_view s, size_t i) {
-    auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-    auto cont = [&](size_t k) { return k < s.size() && (b(k) & 0xC0) == 0x80; };
-    unsigned char c = b(i);
-    if (c >= 0xC2 && c <= 0xDF) return cont(i + 1) ? 2 : 0;
-    if (c >= 0xE0 && c <= 0xEF) {
-        if (!cont(i + 1) || !cont(i + 2)) return 0;
-        if (c == 0xE0 && b(i + 1) < 0xA0) return 0;  // overlong
-        if (c == 0xED && b(i + 1) > 0x9F) return 0;  // UTF-16 surrogate
-        return 3;
-    }
-    if (c >= 0xF0 && c <= 0xF4) {
-        if (!cont(i + 1) || !cont(i + 2) || !cont(i + 3)) return 0;
-        if (c == 0xF0 && b(i + 1) < 0x90) return 0;  // overlong
-        if (c == 0xF4 && b(i + 1) > 0x8F) return 0;  // above U+10FFFF
-        return 4;
-    }
-    return 0;
+// JSON text of a string: always valid UTF-8, whatever bytes came in (request paths and bodies
+// echoed in errors, peer data in logs): ill-formed UTF-8 becomes U+FFFD.
+std::string json_string(std::string_view s) {
+    return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// A pre-rendered number back as a JSON number (NaN and infinities, which JSON lacks, as null).
+nlohmann::json json_number(const std::string& text) {
+    const char* b = text.data();
+    const char* e = b + text.size();
+    int64_t i = 0;
+    if (auto r = std::from_chars(b, e, i); r.ec == std::errc() && r.ptr == e) return i;
+    uint64_t u = 0;
+    if (auto r = std::from_chars(b, e, u); r.ec == std::errc() && r.ptr == e) return u;
+    double d = std::strtod(text.c_str(), nullptr);
+    if (!std::isfinite(d)) return nullptr;
+    return d;
 }
 }  // namespace
 
-// Output is always valid UTF-8 JSON: bytes that are not well-formed UTF-8 (request paths and
-// bodies echoed in errors, peer data in logs) become U+FFFD.
 std::string json_escape(std::string_view s) {
-    std::string out;
-    out.reserve(s.size() + 8);
-    for (size_t i = 0; i < s.size(); ++i) {
-        unsigned char c = static_cast<unsigned char>(s[i]);
-        switch (c) {
-            case '"':
-                out += "\\\"";
-                continue;
-            case '\\':
-                out += "\\\\";
-                continue;
-            case '\n':
-                out += "\\n";
-                continue;
-            case '\r':
-                out += "\\r";
-                continue;
-            case '\t':
-                out += "\\t";
-                continue;
-            default:
-                break;
-        }
-        if (c < 0x20 || c == 0x7f) {
-            char buf[8];
-            snprintf(buf, sizeof buf, "\\u%04x", c);
-            out += buf;
-        } else if (c < 0x80) {
-            out += static_cast<char>(c);
-        } else if (size_t n = utf8_sequence(s, i); n > 0) {
-            out.append(s.substr(i, n));
-            i += n - 1;
-        } else {
-            out += "\\ufffd";
-        }
-    }
-    return out;
+    std::string quoted = json_string(s);
+    return quoted.substr(1, quoted.size() - 2);
 }
 
 void write(config::LogLevel level, std::string_view msg, std::initializer_list<Field> fields) {
@@ -135,17 +101,18 @@ void write(config::LogLevel level, std::string_view msg, std::initializer_list<F
     std::string line;
     line.reserve(160);
     if (g_format == config::LogFormat::json) {
-        line.append("{\"ts\":\"").append(timestamp()).append("\",\"level\":\"");
-        line.append(level_name(level)).append("\",\"msg\":\"").append(json_escape(msg));
-        line.push_back('"');
+        nlohmann::ordered_json obj;
+        obj["ts"] = timestamp();
+        obj["level"] = level_name(level);
+        obj["msg"] = msg;
         for (const auto& f : fields) {
-            line.append(",\"").append(json_escape(f.key)).append("\":");
             if (f.quoted)
-                line.append("\"").append(json_escape(f.value)).append("\"");
+                obj[std::string(f.key)] = f.value;
             else
-                line.append(f.value);
+                obj[std::string(f.key)] = json_number(f.value);
         }
-        line.append("}\n");
+        line = obj.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        line.push_back('\n');
     } else {
         line.append(timestamp()).append(" ").append(level_name(level)).append(" ").append(msg);
         for (const auto& f : fields) {

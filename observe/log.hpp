@@ -42,7 +42,8 @@ inline void debug(std::string_view m, std::initializer_list<Field> f = {}) {
     if (enabled(config::LogLevel::debug)) write(config::LogLevel::debug, m, f);
 }
 
-// JSON string escaping, shared with the admin API.
+// The inside of a JSON string literal for `s` (nlohmann-json's escaping; ill-formed UTF-8
+// becomes U+FFFD), for JSON built around it, such as the HTTP server's error bodies.
 std::string json_escape(std::string_view s);
 
 }  // namespace tcpfault::log

@@ -107,6 +107,7 @@ int ProxyServer::listen() {
 
 int ProxyServer::open_listener() {
     int err = uv_tcp_init_ex(loop_, &listener_, bound_.ss_family);
+    listen_error_ = err;
     if (err != 0) return err;
     listener_.data = this;
     listener_open_ = true;
@@ -122,6 +123,7 @@ int ProxyServer::open_listener() {
     if (err == 0) err = uv_tcp_bind(&listener_, reinterpret_cast<const sockaddr*>(&bound_), 0);
     if (err == 0)
         err = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), kBacklog, on_connection);
+    listen_error_ = err;
     if (err != 0) {
         close_listener();
         return err;
@@ -316,6 +318,16 @@ void ProxyServer::for_each_session(const std::function<void(const Session&, unsi
 size_t ProxyServer::active() const {
     size_t n = active_.load(std::memory_order_relaxed);
     for (const auto& r : replicas_) n += r.server->active_.load(std::memory_order_relaxed);
+    return n;
+}
+
+uint64_t ProxyServer::bytes_total(config::Direction dir) const {
+    auto of = [dir](const ProxyServer& s) {
+        return (dir == config::Direction::upstream ? s.bytes_up_ : s.bytes_down_)
+            .load(std::memory_order_relaxed);
+    };
+    uint64_t n = of(*this);
+    for (const auto& r : replicas_) n += of(*r.server);
     return n;
 }
 

@@ -96,8 +96,14 @@ class ProxyServer final : public FtpDataListener::Owner,
     // 0 for the main loop's instance, else the worker loop's number.
     unsigned worker() const { return worker_; }
     std::string listen_addr() const { return listen_addr_; }
+    // The listening socket is open (not refused, restarting or retired).
+    bool listening() const { return listener_open_ && !listener_closing_; }
+    // The libuv error of the last attempt to open the listener, 0 if it succeeded.
+    int listen_error() const { return listen_error_; }
     // Open sessions over all instances.
     size_t active() const;
+    // Bytes read from the client (upstream) or the server (downstream), all instances.
+    uint64_t bytes_total(config::Direction dir) const;
     // True once retired, every handle closed and no session remains, in every instance:
     // safe to destroy.
     bool finished() const;
@@ -176,6 +182,7 @@ class ProxyServer final : public FtpDataListener::Owner,
     bool want_listen_ = true;
     bool listener_open_ = false;
     bool listener_closing_ = false;
+    int listen_error_ = 0;
     bool retired_ = false;
     bool created_at_runtime_ = false;
     sockaddr_storage bound_{};  // the real address once bound, so a re-open keeps port 0's pick

@@ -1,7 +1,7 @@
 // fuzz_http: the admin API's HTTP/1.x request parser (api/http_parser.hpp) on arbitrary
-// bytes split at fuzzer-chosen points, and the request guard (api/request_guard.hpp) and
-// AdminApi::handle on every request it yields, with hooks that have no proxies (no sockets,
-// no event loop).
+// bytes split at fuzzer-chosen points, and the request guard (api/request_guard.hpp),
+// AdminApi::handle and ToxiproxyApi::handle on every request it yields, with hooks that have no
+// proxies (no sockets, no event loop; creating one fails as if its port were taken).
 // Invariants beyond "no crash / no sanitizer report":
 //  - the requests and the final error do not depend on how the bytes were split;
 //  - an error is final and has a status in {400, 413, 431, 501, 505} and a UTF-8 reason;
@@ -9,7 +9,8 @@
 //  - every AdminApi response has a status in 200..599 and a body that is well-formed UTF-8
 //    (RFC 3629: no overlong forms, surrogates or code points above U+10FFFF), whatever bytes
 //    the request carried (error messages quote the request's path and body);
-//  - a JSON response's body is well-formed JSON.
+//  - a JSON response's body is well-formed JSON (the Toxiproxy API's error bodies too: JSON and
+//    a newline, as Go's http.Error writes them).
 #include <cctype>
 #include <cstdint>
 #include <optional>
@@ -20,6 +21,7 @@
 #include "api/admin_api.hpp"
 #include "api/http_parser.hpp"
 #include "api/request_guard.hpp"
+#include "api/toxiproxy_api.hpp"
 #include "config/config.hpp"
 #include "fuzz_common.hpp"
 #include "observe/log.hpp"
@@ -282,6 +284,33 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         FUZZ_CHECK(r.status >= 200 && r.status <= 599);
         FUZZ_CHECK(valid_utf8(r.body));
         if (r.content_type == "application/json") FUZZ_CHECK(valid_json(r.body));
+    }
+
+    ToxiproxyApi::Hooks th;
+    th.proxies.servers = [] { return std::vector<ProxyServer*>{}; };
+    th.proxies.find = [](const std::string&) { return static_cast<ProxyServer*>(nullptr); };
+    th.proxies.add_proxy = [flags](const config::Proxy&, int* listen_error) {
+        *listen_error = (flags & 8) ? UV_EADDRINUSE : UV_EACCES;
+        return std::string("fuzz: no sockets");
+    };
+    th.proxies.remove_proxy = [](const std::string&) { return false; };
+    config::ToxiproxyConfig tcfg;
+    if (flags & 2) {
+        config::AddressPattern loopback;
+        loopback.host_kind = config::AddressPattern::Host::name;
+        loopback.name = "localhost";
+        tcfg.allow_upstream = std::vector<config::AddressPattern>{loopback};
+        tcfg.allow_listen = std::vector<config::AddressPattern>{};
+    }
+    ToxiproxyApi toxi(std::move(th), tcfg);
+    for (const HttpRequest& req : whole.requests) {
+        HttpResponse r = toxi.handle(req);
+        FUZZ_CHECK(r.status >= 200 && r.status <= 599);
+        FUZZ_CHECK(valid_utf8(r.body));
+        std::string_view body = r.body;
+        if (!body.empty() && body.back() == '\n' && body.front() == '{') body.remove_suffix(1);
+        if (r.content_type == "application/json" || (r.status >= 400 && body.starts_with("{")))
+            FUZZ_CHECK(valid_json(body));
     }
     return 0;
 }

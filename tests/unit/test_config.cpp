@@ -191,7 +191,9 @@ log: {level: debug, format: json}
 seed: 42
 shutdown_grace: 1500ms
 workers: auto
-toxiproxy: {listen: 127.0.0.1:8475}
+toxiproxy: {listen: 127.0.0.1:8475, allow_unauthenticated: true, manage_config_proxies: true,
+            allow_listen: [127.0.0.1], allow_upstream: ["10.0.0.0/8:5432", "*"],
+            proxy_metrics: true, runtime_metrics: false}
 )Y");
     CHECK(c.admin.enabled);
     CHECK(c.admin.listen.host == "::1");
@@ -204,6 +206,13 @@ toxiproxy: {listen: 127.0.0.1:8475}
     CHECK(c.workers == 0);
     CHECK(c.toxiproxy.enabled);
     CHECK(c.toxiproxy.listen.port == 8475);
+    CHECK(c.toxiproxy.allow_unauthenticated);
+    CHECK(c.toxiproxy.manage_config_proxies);
+    CHECK(c.toxiproxy.allow_listen->size() == 1);
+    CHECK(c.toxiproxy.allow_upstream->size() == 2);
+    CHECK(c.toxiproxy.proxy_metrics);
+    CHECK_FALSE(c.toxiproxy.runtime_metrics);
+    CHECK_FALSE(ok("toxiproxy: {}\n").toxiproxy.allow_upstream.has_value());
 
     CHECK(ok("workers: 4\n").workers == 4);
     CHECK(ok("toxiproxy: {}\n").toxiproxy.enabled);
