@@ -11,6 +11,7 @@
 #include "config/config.hpp"
 #include "api/admin_api.hpp"
 #include "app/cli.hpp"
+#include "app/config_watch.hpp"
 #include "api/http_server.hpp"
 #include "observe/metrics.hpp"
 #include "proxy/proxy_server.hpp"
@@ -52,6 +53,9 @@ class App {
     std::string start_admin();
     std::string start_toxiproxy();
     void start_workers();
+    // Starts or stops the config file watch as --watch and the file's `watch:` ask;
+    // "" or why it cannot watch.
+    std::string update_watch();
 
     static void on_signal(uv_signal_t* h, int signum);
     static void on_grace_timeout(uv_timer_t* t);
@@ -72,6 +76,7 @@ class App {
     std::vector<std::unique_ptr<ProxyServer>> servers_;
     // Proxies removed or re-bound by a reload, finishing their open sessions.
     std::vector<std::unique_ptr<ProxyServer>> retiring_;
+    std::unique_ptr<ConfigWatch> watch_;  // made on first use
     uv_signal_t sigterm_{}, sigint_{}, sighup_{};
     uv_timer_t grace_timer_{};
     uv_timer_t reap_timer_{};

@@ -20,6 +20,7 @@ struct Options {
     std::optional<std::string> toxiproxy_api;
     std::optional<config::LogLevel> log_level;
     std::optional<config::LogFormat> log_format;
+    bool watch = false;  // --watch: as `watch: true` in the file
 };
 
 struct CliResult {
