@@ -12,7 +12,7 @@ what="${1:-test}"
 runtime=(libuv1 libyaml-cpp0.7 libprometheus-cpp-core1.0 libstdc++6)
 build=(build-essential cmake ninja-build pkg-config libuv1-dev libyaml-cpp-dev prometheus-cpp-dev doctest-dev)
 test=(python3 python3-pytest python3-pytest-timeout python3-yaml iproute2 procps tcpdump curl prometheus
-      python3-pyftpdlib vsftpd lftp swaks python3-aiosmtpd clang libclang-rt-14-dev)
+      python3-pyftpdlib vsftpd lftp swaks python3-aiosmtpd clang libclang-rt-14-dev python3-kubernetes)
 bench=(iperf3 socat haproxy)
 image=(podman mmdebstrap eatmydata gpg debian-archive-keyring)
 
