@@ -145,6 +145,7 @@ int App::run() {
     std::string err = apply(cfg_);
     if (err.empty()) err = start_admin();
     if (err.empty()) err = start_toxiproxy();
+    if (err.empty()) err = update_watch();
     int exit_code = 0;
     if (!err.empty()) {
         log::error("cannot start", {{"error", err}});
@@ -413,6 +414,25 @@ std::string App::reload() {
     log::configure(cfg_.log.level, cfg_.log.format);
     log_warnings(r.warnings);
     log::info("reloaded", {{"file", opts_.config_path}, {"proxies", servers_.size()}});
+    if (std::string e = update_watch(); !e.empty()) log::error("watch failed", {{"error", e}});
+    return "";
+}
+
+std::string App::update_watch() {
+    bool want = !opts_.listen && !stopping_ && (opts_.watch || cfg_.watch);
+    if (!want) {
+        if (watch_ && watch_->watching()) {
+            watch_->stop();
+            log::info("config file no longer watched", {{"file", opts_.config_path}});
+        }
+        return "";
+    }
+    if (!watch_)
+        watch_ = std::make_unique<ConfigWatch>(&loop_, opts_.config_path, [this] { reload(); });
+    if (watch_->watching()) return "";
+    if (int e = watch_->start(); e != 0)
+        return "cannot watch the config file " + opts_.config_path + ": " + uv_error_string(e);
+    log::info("watching the config file", {{"file", opts_.config_path}});
     return "";
 }
 
@@ -435,6 +455,7 @@ void App::on_signal(uv_signal_t* h, int signum) {
 void App::begin_shutdown(const char* why) {
     if (stopping_) return;
     stopping_ = true;
+    if (watch_) watch_->stop();
     size_t open = 0;
     for (auto& s : servers_) {
         s->stop_accepting();
@@ -487,6 +508,7 @@ void App::close_process_handles() {
     pool_.workers.clear();
     if (main_queue_) main_queue_->close();
     if (toxi_http_) toxi_http_->close([] {});
+    if (watch_) watch_->close();
     for (uv_handle_t* h :
          {reinterpret_cast<uv_handle_t*>(&sigterm_), reinterpret_cast<uv_handle_t*>(&sigint_),
           reinterpret_cast<uv_handle_t*>(&sighup_), reinterpret_cast<uv_handle_t*>(&grace_timer_),

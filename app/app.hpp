@@ -12,6 +12,7 @@
 #include "api/http_server.hpp"
 #include "api/toxiproxy_api.hpp"
 #include "app/cli.hpp"
+#include "app/config_watch.hpp"
 #include "config/config.hpp"
 #include "net/worker.hpp"
 #include "observe/metrics.hpp"
@@ -58,6 +59,9 @@ class App {
     // Running without a config file to reload (-l/-u, or toxiproxy-server without -c).
     bool without_file() const;
     void start_workers();
+    // Starts or stops the config file watch as --watch and the file's `watch:` ask;
+    // "" or why it cannot watch.
+    std::string update_watch();
 
     static void on_signal(uv_signal_t* h, int signum);
     static void on_grace_timeout(uv_timer_t* t);
@@ -79,6 +83,7 @@ class App {
     std::vector<std::unique_ptr<ProxyServer>> servers_;
     // Proxies removed or re-bound by a reload, finishing their open sessions.
     std::vector<std::unique_ptr<ProxyServer>> retiring_;
+    std::unique_ptr<ConfigWatch> watch_;  // made on first use
     uv_signal_t sigterm_{}, sigint_{}, sighup_{};
     uv_timer_t grace_timer_{};
     uv_timer_t reap_timer_{};

@@ -19,6 +19,7 @@ options:
   --admin ADDR|off                   override admin.listen
   --toxiproxy-api ADDR               also serve Toxiproxy's HTTP API
   toxiproxy-server [FLAGS]           run as Toxiproxy's server (toxiproxy-server -help)
+  --watch                            re-read the file when it changes (as `watch: true`)
   --log-level error|warn|info|debug  override log.level
   --log-format text|json             override log.format
   --version                          print the version
@@ -78,6 +79,8 @@ CliResult parse_cli(const std::vector<std::string>& args) {
             if ((v = need_value(i, a))) o.upstream = *v;
         } else if (a == "--admin") {
             if ((v = need_value(i, a))) o.admin = *v;
+        } else if (a == "--watch") {
+            o.watch = true;
         } else if (a == "--toxiproxy-api") {
             if ((v = need_value(i, a))) o.toxiproxy_api = *v;
         } else if (a == "--log-level") {
@@ -109,6 +112,8 @@ CliResult parse_cli(const std::vector<std::string>& args) {
         r.error = "-l/-u and -c are exclusive";
     } else if (o.mode == Options::Mode::check && o.listen) {
         r.error = "--check validates a file: use it with -c FILE";
+    } else if (o.watch && o.listen) {
+        r.error = "--watch watches the config file: use it with -c FILE, not -l/-u";
     }
     return r;
 }

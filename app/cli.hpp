@@ -36,6 +36,7 @@ struct Options {
     std::optional<config::LogLevel> log_level;
     std::optional<config::LogFormat> log_format;
     std::optional<ToxiproxyServerOptions> toxiproxy_server;  // set: toxiproxy-server mode
+    bool watch = false;  // --watch: as `watch: true` in the file
 };
 
 struct CliResult {

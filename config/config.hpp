@@ -147,6 +147,8 @@ struct Config {
     Duration shutdown_grace = std::chrono::seconds(5);
     unsigned workers = 1;  // 0 = auto (one per core)
     ToxiproxyConfig toxiproxy;
+    // Re-read the file when it changes (app/config_watch.hpp); `--watch` forces it on.
+    bool watch = false;
     std::vector<Proxy> proxies;
 };
 

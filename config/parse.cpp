@@ -15,8 +15,8 @@ namespace tcpfault::config::detail {
 
 namespace {
 
-const std::vector<std::string_view> kTopKeys = {"admin",   "log",       "seed",   "shutdown_grace",
-                                                "workers", "toxiproxy", "proxies"};
+const std::vector<std::string_view> kTopKeys = {"admin",   "log",       "seed",    "shutdown_grace",
+                                                "workers", "toxiproxy", "proxies", "watch"};
 const std::vector<std::string_view> kProxyKeys = {
     "name", "listen", "upstream", "protocol", "connect_timeout", "on_upstream_error", "rules"};
 
@@ -372,6 +372,9 @@ Config read_config(Reader& r, const YAML::Node& root) {
         if (auto v = read_workers(r, *e)) c.workers = *v;
     }
     if (const Entry* e = top->get("toxiproxy")) read_toxiproxy(r, *e, c.toxiproxy, listens);
+    if (const Entry* e = top->get("watch")) {
+        if (auto v = get_bool(r, *e)) c.watch = *v;
+    }
 
     if (const Entry* e = top->get("proxies"); e != nullptr && !e->is_null()) {
         if (!e->value.IsSequence()) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The build stage of docker/Dockerfile as a script, so the same steps run in the image and on a
-# plain Debian 12 host (CI runs it from tests/integration/test_docker_files.py):
+# The build stage of docker/Dockerfile as a script, so the same steps can run in the image and
+# on a plain Debian 12 host (CI builds the image itself: tests/image/check-image.py):
 #   install build deps -> configure (Release, Ninja) -> build the tcpfault target only -> strip
 #   -> print ldd (and fail if a library is not found).
 #

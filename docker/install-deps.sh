@@ -4,6 +4,8 @@
 #   install-deps.sh test    build + what the test suites run against
 #   install-deps.sh bench   build + the peers the benchmark compares with
 #   install-deps.sh runtime only the shared libraries the binary loads
+#   install-deps.sh image   what docker/build-image.sh needs to build the image without a Docker
+#                           engine: podman (build --isolation chroot) and mmdebstrap (the base)
 set -euo pipefail
 what="${1:-test}"
 
@@ -11,15 +13,17 @@ runtime=(libuv1 libyaml-cpp0.7 libprometheus-cpp-core1.0 libre2-9 libstdc++6)
 build=(build-essential cmake ninja-build pkg-config libuv1-dev libyaml-cpp-dev prometheus-cpp-dev doctest-dev
        libre2-dev nlohmann-json3-dev)
 test=(python3 python3-pytest python3-pytest-timeout python3-yaml iproute2 procps tcpdump curl prometheus man-db
-      python3-pyftpdlib vsftpd lftp swaks python3-aiosmtpd clang libclang-rt-14-dev)
+      python3-pyftpdlib vsftpd lftp swaks python3-aiosmtpd clang libclang-rt-14-dev python3-kubernetes)
 bench=(iperf3 socat haproxy)
+image=(podman mmdebstrap eatmydata gpg debian-archive-keyring)
 
 case "$what" in
   runtime) pkgs=("${runtime[@]}") ;;
   build) pkgs=("${build[@]}") ;;
   test) pkgs=("${build[@]}" "${test[@]}") ;;
   bench) pkgs=("${build[@]}" "${bench[@]}") ;;
-  *) echo "usage: $0 build|test|bench|runtime" >&2; exit 2 ;;
+  image) pkgs=("${image[@]}") ;;
+  *) echo "usage: $0 build|test|bench|runtime|image" >&2; exit 2 ;;
 esac
 
 missing=()

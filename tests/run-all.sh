@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need, builds tcpfault and runs every test (unit + integration),
-# on the normal build; the integration tests again with every config on two event loops
+# on the normal build; builds the Docker image with podman from a local mmdebstrap base and runs
+# it from its own filesystem (tests/image/check-image.py, ~3-4 min on a fresh machine;
+# SKIP_IMAGE=1 skips it); the integration tests again with every config on two event loops
 # (`workers: 2`; SKIP_WORKERS=1 skips); the libFuzzer harnesses for FUZZ_SECONDS each
 # (default 60; SKIP_FUZZ=1 skips them); then the whole suite again on an ASan+UBSan build
 # (SKIP_ASAN=1). SKIP_NODE=1 skips the test that installs Toxiproxy's Node client from npm.
@@ -24,6 +26,10 @@ run_tests() {  # build-dir, ctest args...
 
 cmake -S . -B build -G Ninja && cmake --build build
 run_tests build
+if [ "${SKIP_IMAGE:-0}" != "1" ]; then
+    echo "=== the Docker image: build (podman, local Debian base) and run it from its filesystem ==="
+    /usr/bin/python3 tests/image/check-image.py
+fi
 if [ "${SKIP_WORKERS:-0}" != "1" ]; then
     echo "=== integration tests with every config on two event loops (workers: 2) ==="
     TCPFAULT_TEST_WORKERS=2 run_tests build -R '^integration\.'

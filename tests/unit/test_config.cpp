@@ -545,7 +545,7 @@ TEST_CASE("error: unknown key, with and without a suggestion") {
 
     CHECK(one_error("colour: red\n") ==
           "t.yaml:1:1: unknown key \"colour\" at top level (expected one of: admin, log, seed, "
-          "shutdown_grace, workers, toxiproxy, proxies)");
+          "shutdown_grace, workers, toxiproxy, proxies, watch)");
     CHECK(one_error("log:\n  levle: info\n") ==
           "t.yaml:2:3: unknown key \"levle\" in log (expected one of: level, format); did you mean "
           "\"level\"?");
