@@ -257,7 +257,6 @@ def _sliced_transfer(api: Admin, blob_addr: str, name: str, delay_us: int,
     return time.monotonic() - t0
 
 
-@pytest.mark.xfail(reason="needs µs slice pacing in the pipe (lead)", strict=False)
 def test_slicer_microsecond_delay_is_paced_within_20_percent(tcpfault, servers):
     """A slicer with delay 10 µs sends SLICE_BYTES/SLICE_SIZE slices 10 µs apart: the transfer
     takes the ideal pacing time (slices x delay) within 20%, plus at most what the same slices
@@ -362,8 +361,6 @@ def test_removing_a_toxic_under_load_returns_promptly(tcpfault, servers, toxic):
             c.close()
 
 
-@pytest.mark.xfail(reason="open connections keep a removed rule's effect: needs rule withdrawal "
-                          "from open sessions (lead)", strict=False)
 def test_removing_a_toxic_frees_open_connections(tcpfault, servers):
     """Toxiproxy takes a removed toxic out of every link: an open connection throttled by
     bandwidth 1 KB/s gets the rest of its transfer at full speed."""
