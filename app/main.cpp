@@ -18,10 +18,14 @@ int main(int argc, char** argv) {
     const char* usage =
         o.toxiproxy_server ? tcpfault::toxiproxy_server_usage() : tcpfault::usage_text();
     if (!cli.error.empty()) {
+        if (o.toxiproxy_server) {
+            // As Go's flag package does for toxiproxy-server: the error, then the usage.
+            std::fprintf(stderr, "toxiproxy-server: %s\n%s", cli.error.c_str(), usage);
+            return 2;
+        }
         // The message alone, so it stays on screen; the usage is one flag away.
-        const char* prog = o.toxiproxy_server ? "toxiproxy-server" : "tcpfault";
-        std::fprintf(stderr, "%s: %s\nTry '%s --help' for more information.\n", prog,
-                     cli.error.c_str(), prog);
+        std::fprintf(stderr, "tcpfault: %s\nTry 'tcpfault --help' for more information.\n",
+                     cli.error.c_str());
         return 2;
     }
     switch (o.mode) {

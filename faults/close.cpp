@@ -7,8 +7,13 @@ namespace tcpfault::faults {
 Endings CloseFault::endings() const {
     Ending hit = then == Then::reset ? Ending::fin_then_reset : Ending::fin_then_discard;
     Endings e;
-    e.client = client ? *client : (hits_client(to) ? hit : Ending::fin);
-    e.server = server ? *server : (hits_server(to) ? hit : Ending::fin);
+    if (client || server) {  // named endings; a side not named is closed gracefully
+        e.client = client.value_or(Ending::fin);
+        e.server = server.value_or(Ending::fin);
+        return e;
+    }
+    e.client = hits_client(to) ? hit : Ending::fin;
+    e.server = hits_server(to) ? hit : Ending::fin;
     return e;
 }
 

@@ -109,9 +109,9 @@ bool Trigger::start() {
     return false;
 }
 
-Trigger::Step Trigger::feed(const char* data, size_t len) {
+Trigger::Step Trigger::feed(const char* data, size_t len, bool more) {
     if (phase_ == Phase::armed) {
-        if (len == 0) return {0, false, false};
+        if (len == 0 && !more) return {0, false, false};
         phase_ = Phase::fired;
         return {0, true, false};
     }
@@ -138,7 +138,7 @@ Trigger::Step Trigger::feed(const char* data, size_t len) {
         pos += static_cast<size_t>(need);
     }
     if (time_ok_) {
-        if (conditions_met() || pos < len) {
+        if (conditions_met() || pos < len || more) {
             // With next_byte the byte at `pos`, already here, is the one it waited for.
             phase_ = Phase::fired;
             return {pos, true, false};

@@ -92,8 +92,10 @@ class Trigger {
         bool fire;    // the fault acts right after `pass` bytes
         bool hold;    // the byte threshold is reached but time is not: hold the rest
     };
-    // Feed a chunk of the watched direction.
-    Step feed(const char* data, size_t len);
+    // Feed a chunk of the watched direction. `more`: bytes beyond `len` are already here (the
+    // caller feeds only up to where another fault acts), so a next_byte trigger whose
+    // conditions hold at `len` fires there.
+    Step feed(const char* data, size_t len, bool more = false);
 
     // Everything feed() changes, for a trigger without a `line` regex (whose line buffer is not
     // worth copying): a chunk can be fed speculatively and undone if another rule's fault

@@ -132,7 +132,7 @@ Pipe::ScanResult Session::scan(config::Direction dir, const char* p, size_t n) {
         auto& r = rules_[i];
         faults::Trigger* t = r.done ? nullptr : r.trigger_for(dir);
         if (t == nullptr) continue;
-        auto step = t->feed(p, best);
+        auto step = t->feed(p, best, best < n);
         if (step.fire) pending_fire_.push_back(i);
     }
     arm_rule_timers();

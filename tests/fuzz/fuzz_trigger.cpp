@@ -2,9 +2,10 @@
 // the input, then fed the rest at fuzzer-chosen split points, the way a pipe feeds reads.
 //
 // Input layout: [mode][flags][pattern length][pattern][after_bytes u16][catch-up u16][cuts][stream]
-//   mode 0: data literal (<= 64 bytes)  1: line regex (<= 12 chars, see below)  2: after_bytes only
+//   mode 0: data literal (<= 64 bytes)  1: line regex (RE2, <= 32 chars)  2: after_bytes only
 //   flags: bit0 after_bytes present, bit1 `after` present (0s), bit2 `after` present (1h, never
-//          reached here), bit3 catch_up(bytes) before start (a rule added at runtime)
+//          reached here), bit3 catch_up(bytes) before start (a rule added at runtime),
+//          bit4 next_byte (fires on the byte after the conditions hold, never at the very end)
 //
 // Invariants:
 //  - however the stream is split, the bytes passed before the fault fires (or the stream is
@@ -13,17 +14,15 @@
 //  - independent oracles: a literal fires just past its first occurrence; a line regex just
 //    past the '\n' of the first line it matches; after_bytes after exactly N bytes.
 //
-// Regexes: std::regex (libstdc++) backtracks recursively, so nested quantifiers are
-// exponential in the line length and long lines exhaust the stack; neither is what this harness
-// is about (the config loader bounds the pattern; see RELIABILITY.md). Patterns here are at most
-// 12 characters, without groups, braces, escapes or stacked quantifiers and with at most two
-// quantifiers, on at most 256 bytes of stream (2 KiB for the other modes). The stack overflow
-// that long lines cause in the proxy is a separate finding (RELIABILITY.md).
+// Regexes are RE2 (linear time whatever the pattern, as the proxy uses them): any pattern RE2
+// accepts, on the whole stream; the oracle tests each whole line with RE2 directly, so this
+// checks the line splitting and streaming, not RE2 itself.
+#include <re2/re2.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
-#include <regex>
 #include <string>
 #include <string_view>
 
@@ -75,7 +74,7 @@ Outcome run(const config::When& w, std::string_view stream, const std::vector<si
 }
 
 // Offset just past the '\n' of the first line (CR stripped, capped like LineMatcher) matching re.
-std::optional<size_t> ref_line(const std::regex& re, std::string_view s) {
+std::optional<size_t> ref_line(const RE2& re, std::string_view s) {
     size_t start = 0;
     for (;;) {
         size_t nl = s.find('\n', start);
@@ -83,27 +82,9 @@ std::optional<size_t> ref_line(const std::regex& re, std::string_view s) {
         std::string_view line = s.substr(start, nl - start);
         if (line.size() > LineMatcher::kMaxLine) line = line.substr(0, LineMatcher::kMaxLine);
         if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-        if (std::regex_search(line.begin(), line.end(), re)) return nl + 1;
+        if (RE2::PartialMatch(re2::StringPiece(line.data(), line.size()), re)) return nl + 1;
         start = nl + 1;
     }
-}
-
-// No groups, braces or escapes, at most two quantifiers and none applied to another
-// quantifier (`a*+` is `(a*)+` to libstdc++); lazy `*?` / `+?` are fine.
-constexpr size_t kMaxRegexStream = 256;
-
-bool safe_regex(std::string_view p) {
-    int quantifiers = 0;
-    char prev = 0;
-    for (char c : p) {
-        if (c == '(' || c == ')' || c == '{' || c == '}' || c == '\\') return false;
-        bool q = c == '*' || c == '+' || c == '?';
-        bool prev_q = prev == '*' || prev == '+' || prev == '?';
-        if (q && prev_q && !(c == '?' && (prev == '*' || prev == '+'))) return false;
-        if (q && !(c == '?' && prev_q)) ++quantifiers;
-        prev = c;
-    }
-    return quantifiers <= 2;
 }
 
 }  // namespace
@@ -117,19 +98,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
     config::When w;
     w.direction = config::Direction::upstream;
-    std::shared_ptr<const std::regex> re;
+    std::shared_ptr<const RE2> re;
     if (mode == 0) {
         std::string_view pat = in.take(1 + plen % 64);  // the loader rejects an empty literal
         if (pat.empty()) return 0;
         w.data = std::string(pat);
     } else if (mode == 1) {
-        std::string_view pat = in.take(plen % 13);
-        if (!safe_regex(pat)) return 0;
-        try {
-            re = std::make_shared<const std::regex>(std::string(pat), std::regex::ECMAScript);
-        } catch (const std::regex_error&) {
-            return 0;  // the loader reports these as config errors
-        }
+        std::string_view pat = in.take(plen % 33);
+        RE2::Options opts;
+        opts.set_log_errors(false);
+        re = std::make_shared<const RE2>(std::string(pat), opts);
+        if (!re->ok()) return 0;  // the loader reports these as config errors
         w.line = std::string(pat);
         w.line_re = re;
     }
@@ -140,11 +119,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (flags & 4) w.after = std::chrono::hours(1);  // never reached: holds at the threshold
     std::optional<uint64_t> catch_up;
     if (flags & 8) catch_up = catch_up_bytes;
+    w.next_byte = (flags & 16) != 0;
+    if (w.next_byte && !w.data && !w.line && !w.after_bytes) return 0;  // covered by unit tests
 
     std::vector<size_t> cuts = fuzz::read_cuts(in, /*allow_empty=*/true);
     std::string_view stream = in.rest();
-    // Backtracking with two quantifiers is cubic in the line length: keep lines short.
-    if (mode == 1 && stream.size() > kMaxRegexStream) stream = stream.substr(0, kMaxRegexStream);
 
     Outcome whole = run(w, stream, {}, catch_up);
     Outcome pieces = run(w, stream, cuts, catch_up);
@@ -156,6 +135,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         // Only a pure counting trigger whose threshold is already met may fire at start.
         FUZZ_CHECK(mode == 2 || !(w.data || w.line));
         FUZZ_CHECK(!timed);
+        FUZZ_CHECK(!w.next_byte);
         FUZZ_CHECK(!w.after_bytes || (catch_up ? *catch_up : 0) >= *w.after_bytes);
         return 0;
     }
@@ -175,7 +155,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     uint64_t need = w.after_bytes ? (*w.after_bytes > already ? *w.after_bytes - already : 0) : 0;
     uint64_t threshold = *match_end + need;
-    if (threshold > stream.size() || (timed && !w.after_bytes)) {
+    // next_byte: it fires on the byte after the threshold, so there must be one.
+    if (threshold > stream.size() || (timed && !w.after_bytes) ||
+        (w.next_byte && !timed && threshold == stream.size())) {
         // Not reached (or only time is missing and nothing holds the stream): all passes.
         FUZZ_CHECK(!whole.fired && !whole.held && whole.passed == stream.size());
         return 0;

@@ -204,3 +204,37 @@ def test_restart_resets_open_connections_and_refuses_for_downtime(tcpfault, serv
             f"open client {i + 1}: expected ECONNRESET at the restart, got {outcome} {data!r}")
     for i in range(3):
         assert rec.wait_end(i + 1, timeout=5).end == "reset", f"server side {i + 1} not reset"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("then", ["fin", "reset"])
+def test_cap_banner_then(tcpfault, servers, sockets, then):
+    """cap over: banner, then: fin (default) reads and drops what the turned-away client still
+    sends, so it never gets a RST; then: reset answers its next segment with RST after the
+    banner and FIN (a server that closes at once). 10 runs each."""
+    held = []
+    srv = servers.tcp(lambda conn: (held.append(conn), conn.recv(1)))
+    proxy = start_proxy(tcpfault, srv.addr, [
+        f"{{name: cap, fault: {{type: cap, max: 1, over: banner, "
+        f"banner: \"421 Too many\\r\\n\", then: {then}}}}}"])
+    first = connect(proxy.addr())
+    sockets.append(first)
+    srv.wait_accepted(1, timeout=5)
+    for i in range(10):
+        c = connect(proxy.addr())
+        sockets.append(c)
+        outcome, data, _ = read_outcome(c, timeout=5)
+        assert (outcome, data) == ("eof", b"421 Too many\r\n"), (i, outcome, data)
+        results = []
+        for _ in range(40):
+            try:
+                c.send(b"QUIT\r\n")
+                results.append("ok")
+            except OSError as e:
+                results.append(type(e).__name__)
+                break
+            time.sleep(0.005)  # pacing the client's writes, not synchronisation
+        if then == "reset":
+            assert results[-1] in ("BrokenPipeError", "ConnectionResetError"), (i, results)
+        else:
+            assert all(r == "ok" for r in results), (i, results)

@@ -87,7 +87,12 @@ def test_reset_without_flush_is_a_reset(tcpfault, servers, sockets):
         "{name: r, when: {direction: downstream, after_bytes: 700KiB}, "
         "fault: {type: reset, to: client, flush: false}}"])
     for i in range(5):
-        c = connect(proxy.addr())
+        try:
+            c = connect(proxy.addr())
+        except ConnectionResetError:
+            # 700 KiB and the RST can all arrive before a loaded client's (non-blocking)
+            # connect checks its completion: the reset was seen, by connect() itself.
+            continue
         sockets.append(c)
         outcome, data, took = read_outcome(c, timeout=15)
         assert outcome == "reset", (

@@ -213,3 +213,72 @@ def test_several_triggers_in_one_chunk_fire_in_stream_order(tcpfault, servers, s
     fired = [(x["rule"], x["bytes_up"]) for x in proxy.find_logs("fault injected")]
     at = {"mark": mark_at + 4, "bytes": 5000}
     assert fired == [(name, at[name]) for name in order], f"rules fired (rule, bytes): {fired}"
+
+
+@pytest.mark.timeout(30)
+def test_next_byte_resets_on_the_first_command_unforwarded(tcpfault, servers, sockets):
+    """`next_byte` (Toxiproxy's reset_peer timing): the greeting is delivered, the client's
+    first command is answered with RST, and the server never sees a byte of it. 20 runs."""
+    rec = Recorder(servers, greeting=b"220 ready\r\n")
+    proxy = start_proxy(tcpfault, rec.addr, [
+        "{name: first, when: {direction: upstream, next_byte: true}, "
+        "fault: {type: reset, flush: false}}"])
+    for i in range(1, 21):
+        c = connect(proxy.addr())
+        sockets.append(c)
+        assert recv_exact(c, 11, timeout=5) == b"220 ready\r\n"
+        c.sendall(b"EHLO x\r\n")
+        outcome, data, _ = read_outcome(c, timeout=5)
+        assert (outcome, data) == ("reset", b""), f"run {i}: {outcome} {data!r}"
+        r = rec.wait_end(i, timeout=5)
+        assert bytes(r.data) == b"", f"run {i}: the server saw {bytes(r.data)!r}"
+
+
+@pytest.mark.timeout(30)
+def test_next_byte_after_a_match_holds_the_next_byte(tcpfault, servers, sockets):
+    """`data` + `next_byte`: the matched bytes pass; the fault acts when the next byte arrives,
+    even in a later write, and that byte is not forwarded."""
+    rec = Recorder(servers)
+    proxy = start_proxy(tcpfault, rec.addr, [
+        "{name: n, when: {data: \"QUIT\\r\\n\", next_byte: true}, fault: {type: reset}}"])
+    c = connect(proxy.addr())
+    sockets.append(c)
+    c.sendall(b"QUIT\r\n")
+    rec.wait_data(1, b"QUIT\r\n")
+    assert not proxy.find_logs("fault injected"), "fired before any byte followed the match"
+    c.sendall(b"X")
+    outcome, _, _ = read_outcome(c, timeout=5)
+    assert outcome == "reset"
+    r = rec.wait_end(1, timeout=5)
+    assert bytes(r.data) == b"QUIT\r\n", f"server received {bytes(r.data)!r}"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transfer", ["upload", "download"])
+def test_direction_both_fires_on_whichever_direction_carries_the_bytes(
+        tcpfault, servers, sockets, transfer):
+    """`direction: both` with after_bytes: one rule covers an upload and a download; the fault
+    acts after exactly N bytes of the direction that carried them (counted per direction)."""
+    n = 100_000
+    if transfer == "upload":
+        rec = Recorder(servers)
+    else:
+        rec = Recorder(servers, reply=lambda conn, r, b: conn.sendall(pattern(300_000)))
+    proxy = start_proxy(tcpfault, rec.addr, [
+        f"{{name: b, when: {{direction: both, after_bytes: {n}}}, "
+        f"fault: {{type: reset, to: both}}}}"])
+    c = connect(proxy.addr())
+    sockets.append(c)
+    if transfer == "upload":
+        try:
+            c.sendall(pattern(300_000))
+        except OSError:
+            pass
+        r = rec.wait_end(1, timeout=10)
+        assert len(r.data) == n, f"the server received {len(r.data)} bytes, expected {n}"
+    else:
+        c.sendall(b"?")  # 1 byte upstream: far from the threshold
+        outcome, data, _ = read_outcome(c, timeout=10)
+        assert outcome == "reset" and len(data) == n, (outcome, len(data))
+    f = proxy.wait_for_log("fault injected", rule="b", timeout=5)[0]
+    assert (f["bytes_up"], f["bytes_down"]) == ((n, 0) if transfer == "upload" else (1, n)), f

@@ -4,10 +4,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <re2/re2.h>
 #include <csignal>
 #include <functional>
 #include <new>
-#include <re2/re2.h>
 #include <set>
 #include <string>
 #include <variant>
@@ -576,7 +576,8 @@ proxies:
     CHECK(r.errors[0].pos.line == 14);
     CHECK(r.errors[0].pos.col == 9);
     CHECK(r.errors[0].message ==
-          "unknown key \"rate\" for fault type \"reset\" (expected one of: to, flush, client, server)");
+          "unknown key \"rate\" for fault type \"reset\" (expected one of: to, flush, client, "
+          "server)");
 
     CHECK(one_error(with_rules("      - name: r\n        fault: {type: refuse, max: 3}\n")) ==
           "t.yaml:8:31: unknown key \"max\" for fault type \"refuse\" (it takes no parameters)");
@@ -647,10 +648,11 @@ TEST_CASE("error: invalid enum values") {
     CHECK(one_error(with_rules("      - name: r\n        fault: {type: reset, to: everyone}\n")) ==
           "t.yaml:8:34: invalid value \"everyone\" for fault.to (expected one of: client, server, "
           "both)");
-    CHECK(one_error(with_rules("      - name: r\n        when: {direction: sideways}\n        fault: "
-                               "{type: reset}\n")) ==
-          "t.yaml:8:27: invalid value \"sideways\" for when.direction (expected one of: upstream, "
-          "downstream, both, any)");
+    CHECK(
+        one_error(with_rules("      - name: r\n        when: {direction: sideways}\n        fault: "
+                             "{type: reset}\n")) ==
+        "t.yaml:8:27: invalid value \"sideways\" for when.direction (expected one of: upstream, "
+        "downstream, both, any)");
 }
 
 TEST_CASE("error: duplicate names") {
@@ -1171,4 +1173,135 @@ TEST_CASE("absurd flow nesting is refused before yaml-cpp tokenizes it") {
     auto rule = tcpfault::config::parse_rule(std::string(5000, '{'), "body");
     REQUIRE(rule.errors.size() == 1);
     CHECK(rule.errors[0].message.find("nesting deeper than 256") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fault house: endings, the fault list, new trigger keys, loops
+
+TEST_CASE("reset and close: shorthand keys and explicit endings give the same endings per side") {
+    auto fault = [](const std::string& flow) {
+        return one_rule("      - name: f\n        fault: " + flow + "\n").fault;
+    };
+    using tcpfault::Ending;
+    auto ends = [&](const std::string& flow) {
+        auto f = fault(flow);
+        if (auto* r = std::get_if<ResetFault>(&f)) return r->endings();
+        return std::get<CloseFault>(f).endings();
+    };
+    auto e = ends("{type: reset}");
+    CHECK((e.client == Ending::reset && e.server == Ending::reset));
+    e = ends("{type: reset, to: client}");
+    CHECK((e.client == Ending::reset && e.server == Ending::fin));  // the other side: graceful
+    e = ends("{type: reset, to: server, flush: false}");
+    CHECK((e.client == Ending::fin && e.server == Ending::reset_now));
+    e = ends("{type: close, to: client}");
+    CHECK((e.client == Ending::fin_then_reset && e.server == Ending::fin));
+    e = ends("{type: close, then: discard}");
+    CHECK((e.client == Ending::fin_then_discard && e.server == Ending::fin_then_discard));
+    e = ends("{type: close, client: fin_then_reset, server: reset_now}");
+    CHECK((e.client == Ending::fin_then_reset && e.server == Ending::reset_now));
+    e = ends("{type: reset, server: reset}");
+    CHECK((e.client == Ending::fin && e.server == Ending::reset));
+
+    auto err = [](const std::string& f) {
+        return one_error(with_rules("      - name: r\n        fault: " + f + "\n"));
+    };
+    CHECK(err("{type: close, to: client, client: reset}") ==
+          "t.yaml:8:34: fault.to cannot be combined with fault.client/fault.server (they name "
+          "each side's ending)");
+    CHECK(err("{type: reset, client: sideways}") ==
+          "t.yaml:8:38: invalid value \"sideways\" for fault.client (expected one of: fin, "
+          "fin_then_discard, fin_then_reset, reset, reset_now)");
+}
+
+TEST_CASE("the fault list names every kind once, with its scope and parameters") {
+    const auto& kinds = tcpfault::faults::fault_kinds();
+    CHECK(kinds.size() == std::variant_size_v<FaultSpec>);
+    std::set<std::string> names;
+    for (const auto& k : kinds) names.insert(std::string(k.name));
+    CHECK(names.size() == kinds.size());
+    auto find = [&](std::string_view n) {
+        for (const auto& k : kinds)
+            if (k.name == n) return k;
+        FAIL("no kind " << n);
+        return kinds[0];
+    };
+    CHECK(find("reset").scope == tcpfault::faults::Scope::connection);
+    CHECK(find("latency").scope == tcpfault::faults::Scope::stage);
+    CHECK(find("cap").scope == tcpfault::faults::Scope::proxy);
+    CHECK(find("refuse").params.empty());
+    CHECK(find("cap").params == std::vector<std::string_view>{"max", "over", "banner", "then"});
+    CHECK(std::string(fault_name(FaultSpec{tcpfault::faults::SlowCloseFault{}})) == "slow_close");
+}
+
+TEST_CASE("when: direction both, next_byte, after_bytes 0, RE2 lines") {
+    auto r = one_rule(
+        "      - name: r\n        when: {direction: both, after_bytes: 1KiB}\n"
+        "        fault: {type: reset}\n");
+    CHECK(r.when->direction == Direction::both);
+    r = one_rule(
+        "      - name: r\n        when: {direction: any, data: x}\n"
+        "        fault: {type: reset}\n");
+    CHECK(r.when->direction == Direction::both);
+    r = one_rule(
+        "      - name: r\n        when: {next_byte: true}\n        fault: {type: reset}\n");
+    REQUIRE(r.when);
+    CHECK(r.when->next_byte);
+    r = one_rule(
+        "      - name: r\n        when: {next_byte: false}\n        fault: {type: reset}\n");
+    CHECK_FALSE(r.when);  // no condition: at accept
+    // 0 bytes from a match is the hold point right there; on its own it would be "at accept".
+    r = one_rule(
+        "      - name: r\n        when: {line: \"^220 \", after_bytes: 0, after: 1s}\n"
+        "        fault: {type: reset}\n");
+    CHECK(r.when->after_bytes == 0u);
+    CHECK(one_error(with_rules("      - name: r\n        when: {after_bytes: 0}\n"
+                               "        fault: {type: reset}\n")) ==
+          "t.yaml:8:29: when.after_bytes: 0 on its own fires at accept (leave `when` out for "
+          "that); to fire when the first byte arrives, without forwarding it, use next_byte: "
+          "true");
+    // RE2 syntax: a backreference is not supported, and says so.
+    CHECK(one_error(with_rules("      - name: r\n        when: {line: \"(a)\\\\1\"}\n"
+                               "        fault: {type: reset}\n"))
+              .find("when.line: invalid regular expression") != std::string::npos);
+    // A pattern that backtracks exponentially elsewhere is fine: RE2 is linear.
+    r = one_rule(
+        "      - name: r\n        when: {line: \"(a+)+b\"}\n        fault: {type: reset}\n");
+    REQUIRE(r.when->line_re);
+    CHECK_FALSE(RE2::PartialMatch(std::string(4000, 'a'), *r.when->line_re));
+}
+
+TEST_CASE("cap then: fin or reset, only with close or banner") {
+    auto rule = one_rule(
+        "      - name: c\n        fault: {type: cap, max: 1, over: close, "
+        "then: reset}\n");
+    auto cap = std::get<CapFault>(rule.fault);
+    CHECK(cap.rejection() == tcpfault::Ending::fin_then_reset);
+    cap = std::get<CapFault>(
+        one_rule("      - name: c\n        fault: {type: cap, max: 1, over: close}\n").fault);
+    CHECK(cap.rejection() == tcpfault::Ending::fin);
+    cap =
+        std::get<CapFault>(one_rule("      - name: c\n        fault: {type: cap, max: 1}\n").fault);
+    CHECK(cap.rejection() == tcpfault::Ending::reset_now);
+    CHECK(one_error(
+              with_rules("      - name: c\n        fault: {type: cap, max: 1, then: reset}\n")) ==
+          "t.yaml:8:36: fault.then is only used with over: close or over: banner");
+}
+
+TEST_CASE("a proxy whose upstream leads back to itself is refused") {
+    auto e = errors_of(
+        "proxies:\n"
+        "  - {name: a, listen: 127.0.0.1:7001, upstream: localhost:7002}\n"
+        "  - {name: b, listen: 0.0.0.0:7002, upstream: 127.0.0.1:7001}\n"
+        "  - {name: c, listen: 127.0.0.1:7003, upstream: 127.0.0.1:7003}\n"
+        "  - {name: d, listen: 127.0.0.1:7004, upstream: 127.0.0.1:7001}\n"
+        "  - {name: e, listen: 127.0.0.1:7005, upstream: 127.0.0.2:7005}\n");
+    REQUIRE(e.size() == 3);
+    CHECK(e[0] ==
+          "t.yaml:2:49: proxy \"a\": upstream localhost:7002 leads back to this proxy (a -> b -> "
+          "a): every connection would open another");
+    CHECK(e[1].find("proxy \"b\": upstream 127.0.0.1:7001 leads back") != std::string::npos);
+    CHECK(e[2] ==
+          "t.yaml:4:49: proxy \"c\": upstream 127.0.0.1:7003 is this proxy's own listen address "
+          "127.0.0.1:7003: every connection would open another");
 }
