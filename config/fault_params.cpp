@@ -82,6 +82,11 @@ void FaultParams::error_key(std::string_view key, const std::string& message) co
     r_.error(e != nullptr ? e->key_pos : f_.pos(), message);
 }
 
+void FaultParams::warn_at(std::string_view key, const std::string& message) const {
+    const Entry* e = f_.get(key);
+    r_.warn(e != nullptr ? e->key_pos : f_.pos(), message);
+}
+
 void FaultParams::error(const std::string& message) const {
     r_.error(f_.pos(), message);
 }

@@ -48,6 +48,8 @@ class FaultParams {
     // An error positioned at the key itself (e.g. a key that does not belong with another).
     void error_key(std::string_view key, const std::string& message) const;
     void error(const std::string& message) const;
+    // Valid, but worth a word: --check and the log at start and reload say it.
+    void warn_at(std::string_view key, const std::string& message) const;
     const std::string& quoted_type() const { return type_; }
 
   private:

@@ -520,6 +520,7 @@ LoadResult load_string(const std::string& input, const std::string& source_name,
     }
     res.errors = r.take_errors();
     if (!res.errors.empty()) return res;
+    res.warnings = r.take_warnings();
     // Valid (a Toxiproxy-style setup creates its proxies at runtime), but often a mistake.
     if (config.proxies.empty()) {
         res.warnings.push_back(

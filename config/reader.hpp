@@ -36,6 +36,11 @@ class Reader {
     void visit();
     // Sorted by position, so output reads top to bottom regardless of validation order.
     std::vector<Diagnostic> take_errors();
+    // Valid but probably not what was meant: reported, never fatal.
+    void warn(Position p, std::string message) {
+        warnings_.push_back({file_, p, std::move(message)});
+    }
+    std::vector<Diagnostic> take_warnings() { return std::move(warnings_); }
     size_t error_count() const { return errors_.size(); }
     const std::string& file() const { return file_; }
 
@@ -43,6 +48,7 @@ class Reader {
     std::string file_;
     Locate locate_;
     std::vector<Diagnostic> errors_;
+    std::vector<Diagnostic> warnings_;
     size_t visited_ = 0;
     bool truncated_ = false;
 };

@@ -70,6 +70,14 @@ std::optional<StallFault> StallFault::parse(const config::FaultParams& p) {
     p.choice<Mode>("mode", x.mode, {{"hold", Mode::hold}, {"drop", Mode::drop}});
     p.choice<Then>("then", x.then,
                    {{"resume", Then::resume}, {"reset", Then::reset}, {"close", Then::close}});
+    // Bytes a drop stall swallowed are gone; resuming after it leaves a hole in the stream that
+    // no network makes (a dropping firewall makes the sender retransmit them).
+    if (x.mode == Mode::drop && x.then == Then::resume && x.duration)
+        p.warn_at("mode",
+                  "stall with mode: drop and then: resume loses the bytes sent during the stall "
+                  "and then carries on: the peer reads a stream with a hole in it, which no real "
+                  "network produces; use mode: hold for a pause, or then: reset / close to end "
+                  "the connection after a blackhole");
     // A stall without a duration never ends, so nothing can follow it.
     if (p.has("then") && x.then != Then::resume && !p.has("duration"))
         p.error_at("then",

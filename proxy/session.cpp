@@ -4,6 +4,9 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
+
+#include <atomic>
 
 #include <cstring>
 
@@ -47,6 +50,29 @@ bool peer_closed(Endpoint& e) {
         default:
             return false;
     }
+}
+
+// The descriptors a connection needs beyond its accepted socket (the upstream socket) plus
+// what the process keeps for itself (admin connections, listeners re-opened, reloads).
+constexpr int kFdReserve = 16;
+
+// Descriptors are handed out lowest first, so an accepted socket's number says how close the
+// process is to RLIMIT_NOFILE.
+bool near_fd_limit(int fd) {
+    static const rlim_t limit = [] {
+        rlimit r{};
+        return getrlimit(RLIMIT_NOFILE, &r) == 0 ? r.rlim_cur : RLIM_INFINITY;
+    }();
+    return fd >= 0 && limit != RLIM_INFINITY && static_cast<rlim_t>(fd) + kFdReserve >= limit;
+}
+
+// Logged the first time and then once per 1,000, so a flood at the limit cannot flood the log.
+void log_fd_limit(const std::string& proxy) {
+    static std::atomic<uint64_t> count{0};
+    uint64_t n = ++count;
+    if (n == 1 || n % 1000 == 0)
+        log::warn("at the file descriptor limit: new connections are reset",
+                  {{"proxy", proxy}, {"reset_so_far", n}, {"hint", "raise ulimit -n"}});
 }
 
 faults::Side side_of(const Endpoint& e) {
@@ -137,6 +163,14 @@ void Session::accept(uv_stream_t* listener) {
         log::warn("accept failed", {{"proxy", cfg_->name}, {"error", uv_error_string(err)}});
         server_.count_rejected("accept_error");
         end_connection({Ending::close_now, Ending::close_now}, "accept failed", nullptr);
+        return;
+    }
+    if (near_fd_limit(accepted_->fd())) {
+        // Serving it would need one more descriptor than we can spare (and at the limit
+        // itself libuv closes new connections silently): turned away, counted, said.
+        server_.count_rejected("accept_error");
+        log_fd_limit(cfg_->name);
+        end_connection({Ending::reset_now, Ending::close_now}, "file descriptor limit", nullptr);
         return;
     }
     uv_tcp_nodelay(accepted_->tcp(), 1);

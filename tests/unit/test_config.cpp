@@ -1305,3 +1305,22 @@ TEST_CASE("a proxy whose upstream leads back to itself is refused") {
           "t.yaml:4:49: proxy \"c\": upstream 127.0.0.1:7003 is this proxy's own listen address "
           "127.0.0.1:7003: every connection would open another");
 }
+
+TEST_CASE("a drop stall that resumes is valid, with a warning about the hole it leaves") {
+    auto r = load_string(with_rules("      - name: s\n        fault: {type: stall, mode: drop, "
+                                    "duration: 2s}\n"),
+                         "t.yaml", no_env);
+    REQUIRE(r.config);
+    REQUIRE(r.warnings.size() == 1);
+    CHECK(r.warnings[0].str().rfind("t.yaml:8:30: stall with mode: drop and then: resume loses",
+                                    0) == 0);
+    // Without a duration it never resumes; with then: close it ends: no hole, no warning.
+    for (const char* f : {"{type: stall, mode: drop}",
+                          "{type: stall, mode: drop, duration: 2s, "
+                          "then: close}"}) {
+        auto q = load_string(with_rules(std::string("      - name: s\n        fault: ") + f + "\n"),
+                             "t.yaml", no_env);
+        REQUIRE(q.config);
+        CHECK(q.warnings.empty());
+    }
+}
