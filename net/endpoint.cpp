@@ -17,8 +17,10 @@ namespace {
 // An ending gives the peer this long to take some of what we still hold for it (bytes, FIN)
 // before it gives up and resets; each bit of progress renews it.
 constexpr uint64_t kProgressBoundUs = 3'000'000;
-// A graceful FIN waits this long after the peer's last byte for the peer's own FIN.
+// A graceful FIN waits this long after the peer's last byte for the peer's own FIN, and never
+// longer than kLingerMaxUs in all (a peer that streams forever cannot keep the socket).
 constexpr uint64_t kLingerUs = 2'000'000;
+constexpr uint64_t kLingerMaxUs = 30'000'000;
 // Polls of the kernel's queues back off from 1 ms to this.
 constexpr uint32_t kMaxPollMs = 50;
 
@@ -286,11 +288,12 @@ void Endpoint::advance() {
                     return;
                 }
                 if (linger_deadline_us_ == 0) linger_deadline_us_ = now + kLingerUs;
-                if (now >= linger_deadline_us_) {
+                if (linger_cap_us_ == 0) linger_cap_us_ = now + kLingerMaxUs;
+                if (now >= linger_deadline_us_ || now >= linger_cap_us_) {
                     close_handle(false);
                     return;
                 }
-                deadlines_.set(this, linger_deadline_us_);
+                deadlines_.set(this, std::min(linger_deadline_us_, linger_cap_us_));
                 return;
         }
     }

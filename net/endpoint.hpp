@@ -11,7 +11,7 @@
 // end(kind) is the one way to leave `open`, and it is idempotent: a weaker or equal kind asked
 // later is refused (false), a stronger one takes over (a graceful FIN may become a reset, never
 // the reverse). Every wait inside an ending is bounded: the peer must acknowledge some progress
-// every 3 s, and a graceful FIN waits at most 2 s of silence for the peer's own FIN.
+// every 3 s, and a graceful FIN waits at most 2 s of silence (30 s in all) for the peer's FIN.
 //
 // Reports go up through Events only; the endpoint never knows who owns it.
 #pragma once
@@ -130,6 +130,7 @@ class Endpoint final : private Deadlines::Client {
     // Bounds inside an ending (µs of uv_hrtime).
     uint64_t progress_deadline_us_ = 0;  // no progress by then: reset
     uint64_t linger_deadline_us_ = 0;    // fin: the peer's FIN by then, else close
+    uint64_t linger_cap_us_ = 0;         // fin: and in any case by then
     uint64_t last_pending_ = 0;          // bytes still ours at the last look
     uint32_t poll_ms_ = 0;
 };
