@@ -179,6 +179,16 @@ Error ProxyTable::parse_upstream(const std::string& text, config::HostPort* out)
     return {};
 }
 
+Error ProxyTable::loop_check(const config::Proxy& cfg, const std::string& replacing) const {
+    std::vector<config::Proxy> all;
+    for (ProxyServer* p : hooks_.servers())
+        if (p->name() != replacing) all.push_back(p->config());
+    all.push_back(cfg);
+    std::string loop = config::upstream_loop(all, all.size() - 1);
+    if (!loop.empty()) return {400, "proxy " + cfg.name + ": " + loop};
+    return {};
+}
+
 Error ProxyTable::parse_listen(const std::string& text, config::HostPort* out) const {
     if (text.size() > kMaxAddress)
         return {400, "listen too long (at most " + std::to_string(kMaxAddress) + " bytes)"};
@@ -253,6 +263,7 @@ Error ProxyTable::create(const ProxySpec& spec, std::vector<Toxic> toxics, Proxy
     if (Error e = parse_upstream(spec.upstream, &cfg.upstream)) return e;
     if (Error e = parse_listen(spec.listen, &cfg.listen)) return e;
     cfg.name = unique_proxy_name(spec.name);
+    if (Error e = loop_check(cfg, "")) return e;
     // Toxiproxy accepts the client, then closes it (FIN) when the upstream cannot be reached.
     cfg.on_upstream_error = config::OnUpstreamError::close;
     for (Toxic& t : toxics) {
@@ -282,6 +293,12 @@ Error ProxyTable::update(ProxyServer*& p, const ProxySpec& want) {
         if (Error e = parse_listen(want.listen, &listen)) return e;
     }
 
+    {
+        config::Proxy next = p->config();
+        next.upstream = upstream;
+        if (want.listen != cur_listen) next.listen = listen;
+        if (Error e = loop_check(next, tcp)) return e;
+    }
     // Toxiproxy stops the proxy, closing every connection, and starts it again if enabled.
     if (want.listen == cur_listen) {
         p->abort_sessions(false);

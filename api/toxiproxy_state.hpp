@@ -114,6 +114,9 @@ class ProxyTable {
 
     // Listen and upstream texts read the way Toxiproxy would, then the allowlists.
     Error parse_upstream(const std::string& text, config::HostPort* out) const;
+    // 400 when `cfg` (replacing the proxy named `replacing`, if any) would connect to itself,
+    // directly or through other proxies: each connection would open another.
+    Error loop_check(const config::Proxy& cfg, const std::string& replacing) const;
     Error parse_listen(const std::string& text, config::HostPort* out) const;
     // A tcpfault proxy name for a new Toxiproxy proxy, unused by any live proxy.
     std::string unique_proxy_name(const std::string& toxi_name) const;

@@ -379,3 +379,22 @@ def test_removing_a_toxic_frees_open_connections(tcpfault, servers):
     assert api.delete("/proxies/slow/toxics/bw").status == 204
     assert len(first) + len(recv_exact(c, 100_000 - len(first), timeout=3)) == 100_000
     c.close()
+
+
+def test_a_proxy_that_would_connect_to_itself_is_refused(tcpfault):
+    """A proxy whose upstream is its own listen address, directly or through another proxy, is
+    a 400 (each connection would open another until no descriptor is left); nothing starts."""
+    p, api = start_api(tcpfault)
+    port, other = free_port(), free_port()
+    r = api.post("/proxies", {"name": "self", "listen": f"127.0.0.1:{port}",
+                              "upstream": f"localhost:{port}"})
+    assert r.status == 400 and "own listen address" in r.json()["error"], r
+    create(api, "a", f"127.0.0.1:{other}", listen=f"127.0.0.1:{port}")
+    r = api.post("/proxies", {"name": "b", "listen": f"0.0.0.0:{other}",
+                              "upstream": f"127.0.0.1:{port}"})
+    assert r.status == 400 and "leads back to this proxy" in r.json()["error"], r
+    assert [x for x in api.get("/proxies").json()] == ["a"]
+    # Moving a's upstream onto its own port is refused the same way, and a keeps working.
+    r = api.post("/proxies/a", {"upstream": f"127.0.0.1:{port}"})
+    assert r.status == 400, r
+    assert api.get("/proxies/a").json()["upstream"] == f"127.0.0.1:{other}"
