@@ -33,5 +33,6 @@ fi
 if [ "${SKIP_ASAN:-0}" != "1" ]; then
     echo "=== again with AddressSanitizer + UndefinedBehaviorSanitizer ==="
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        SOAK_CHURN_SECONDS="${ASAN_SOAK_CHURN_SECONDS:-60}" \
         run_suite "${ASAN_BUILD_DIR:-build-asan}" -DCMAKE_BUILD_TYPE=Debug -DTCPFAULT_SANITIZE=ON
 fi

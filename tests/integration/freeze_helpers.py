@@ -240,6 +240,47 @@ class CpuMeter:
         return (cpu_seconds(self.pid) - self.cpu0) / max(1e-6, time.monotonic() - self.t0)
 
 
+def is_asan_build(pid: int) -> bool:
+    """Whether the process runs AddressSanitizer (as test_soak.py detects it)."""
+    with open(f"/proc/{pid}/maps") as f:
+        if "libasan" in f.read():
+            return True
+    with open(f"/proc/{pid}/exe", "rb") as f:  # clang links the runtime statically
+        return b"AddressSanitizer" in f.read()
+
+
+def thread_states(pid: int) -> str:
+    """One word per thread: its name, state (R running, S sleeping...) and CPU seconds."""
+    out = []
+    tck = os.sysconf("SC_CLK_TCK")
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+            fields = rest.split()
+            name = head.split("(", 1)[1]
+            out.append(f"{name}:{fields[0]}:{(int(fields[11]) + int(fields[12])) / tck:.1f}s")
+        except OSError:
+            continue
+    return " ".join(out)
+
+
+def stack_dump(pid: int, timeout: float = 30.0) -> str:
+    """Every thread's backtrace with gdb, when gdb is installed (a diagnostic for a frozen
+    process; empty otherwise)."""
+    import shutil
+    if shutil.which("gdb") is None:
+        return ""
+    try:
+        r = subprocess.run(["gdb", "-p", str(pid), "-batch", "-nx", "-ex", "set pagination off",
+                            "-ex", "thread apply all bt 25"], capture_output=True, text=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return "(gdb timed out)"
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("#", "Thread"))]
+    return "\n".join(lines[:200])
+
+
 def lower_thread_priority(nice: int = 5) -> None:
     """Lowers the priority of the calling thread only (Linux: a thread is a task), for load
     generators sharing 2 cores with the proxy and the probe."""
