@@ -31,54 +31,68 @@ from typing import Iterable, Optional
 from admin_helpers import Admin
 from helpers import LOOPBACK, parse_addr
 
-# Runs in the child: one probe per interval (not catching up after a slow one), a line per
-# probe on stdout: "<monotonic start> <latency s> <status>". Status "ok" only for a complete
-# "HTTP/1.x 200" answer.
+# Runs in the child: one round per interval (not catching up after a slow one), a line per
+# probe on stdout: "<kind> <monotonic start> <latency s> <status>", kind H for /healthz, C for
+# the canary echo. Status "ok" only for a complete "HTTP/1.x 200" answer (H) or the 8 bytes
+# echoed back (C).
 _PROBE_SRC = r"""
 import os, re, socket, sys, time
 host, port = sys.argv[1], int(sys.argv[2])
 interval, timeout = float(sys.argv[3]), float(sys.argv[4])
+canary = (sys.argv[5], int(sys.argv[6])) if len(sys.argv) > 6 else None
 if os.geteuid() == 0:
     try:
         os.nice(-5)
     except OSError:
         pass
 req = ("GET /healthz HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n" % (host, port)).encode()
-def probe():
+def exchange(addr, payload, done):
     t0 = time.monotonic()
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)
-        s.connect((host, port))
-        s.sendall(req)
+        s.connect(addr)
+        s.sendall(payload)
         buf = b""
-        while True:
+        while not done(buf):
             left = timeout - (time.monotonic() - t0)
             if left <= 0:
-                return t0, "timeout"
+                return t0, "timeout", buf
             s.settimeout(left)
             chunk = s.recv(4096)
             if not chunk:
-                break
+                return t0, "eof", buf
             buf += chunk
-            head, sep, body = buf.partition(b"\r\n\r\n")
-            if sep:
-                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-                if m and len(body) >= int(m.group(1)):
-                    break
-        if not re.match(rb"HTTP/1\.[01] 200 ", buf):
-            return t0, "bad-answer:" + repr(buf[:60]).replace(" ", "_")
-        return t0, "ok"
+        return t0, "ok", buf
     except socket.timeout:
-        return t0, "timeout"
+        return t0, "timeout", b""
     except OSError as e:
-        return t0, "error:" + (e.strerror or str(e)).replace(" ", "_")
+        return t0, "error:" + (e.strerror or str(e)).replace(" ", "_"), b""
     finally:
         s.close()
+def http_done(buf):
+    head, sep, body = buf.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head) if sep else None
+    return bool(m) and len(body) >= int(m.group(1))
+def healthz():
+    t0, st, buf = exchange((host, port), req, http_done)
+    if st in ("ok", "eof") and not re.match(rb"HTTP/1\.[01] 200 ", buf):
+        st = "bad-answer:" + repr(buf[:60]).replace(" ", "_")
+    elif st == "eof":
+        st = "ok"  # answered and closed (Connection: close) without a Content-Length
+    return t0, st
+def echo():
+    t0, st, buf = exchange(canary, b"canary!\n", lambda b: len(b) >= 8)
+    if st == "ok" and buf[:8] != b"canary!\n":
+        st = "bad-echo"
+    return t0, st
 nxt = time.monotonic()
 while True:
-    t0, status = probe()
-    print("%.6f %.6f %s" % (t0, time.monotonic() - t0, status), flush=True)
+    t0, st = healthz()
+    print("H %.6f %.6f %s" % (t0, time.monotonic() - t0, st), flush=True)
+    if canary:
+        t0, st = echo()
+        print("C %.6f %.6f %s" % (t0, time.monotonic() - t0, st), flush=True)
     nxt += interval
     now = time.monotonic()
     if nxt < now:
@@ -90,15 +104,22 @@ while True:
 class HealthProbe:
     """Probes http://host:port/healthz every `interval` s, each probe bounded by `timeout` s.
     Use as a context manager (or start()/stop()); `samples` is a list of
-    (seconds since start, latency s, status)."""
+    (seconds since start, latency s, status).
+
+    With `canary` (the address of a proxy whose upstream echoes), each round also sends 8 bytes
+    through that proxy on a new connection and waits for them (`canary_samples`): with
+    `workers: N` the admin API answers from the first event loop only, and the kernel spreads
+    new connections over every loop, so a frozen worker loop shows there."""
 
     def __init__(self, port: int, interval: float = 0.1, timeout: float = 1.0,
-                 host: str = LOOPBACK):
+                 host: str = LOOPBACK, canary: Optional[tuple[str, int]] = None):
         self.port = port
         self.host = host
         self.interval = interval
         self.timeout = timeout
+        self.canary = canary
         self.samples: list[tuple[float, float, str]] = []
+        self.canary_samples: list[tuple[float, float, str]] = []
         self._lock = threading.Lock()
         self._proc: Optional[subprocess.Popen] = None
         self._reader: Optional[threading.Thread] = None
@@ -107,10 +128,12 @@ class HealthProbe:
 
     def start(self) -> "HealthProbe":
         self._t0 = time.monotonic()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _PROBE_SRC, self.host, str(self.port), str(self.interval),
-             str(self.timeout)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        args = [sys.executable, "-c", _PROBE_SRC, self.host, str(self.port), str(self.interval),
+                str(self.timeout)]
+        if self.canary is not None:
+            args += [self.canary[0], str(self.canary[1])]
+        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)
         self._reader = threading.Thread(target=self._read, daemon=True, name="healthz-probe")
         self._reader.start()
         return self
@@ -119,10 +142,11 @@ class HealthProbe:
         assert self._proc is not None and self._proc.stdout is not None
         for raw in iter(self._proc.stdout.readline, b""):
             parts = raw.decode("ascii", "replace").split()
-            if len(parts) != 3:
+            if len(parts) != 4:
                 continue
+            sample = (float(parts[1]) - self._t0, float(parts[2]), parts[3])
             with self._lock:
-                self.samples.append((float(parts[0]) - self._t0, float(parts[1]), parts[2]))
+                (self.samples if parts[0] == "H" else self.canary_samples).append(sample)
 
     def mark(self, what: str) -> None:
         """Notes an event of the test on the probe's timeline (shown in failure reports)."""
@@ -174,42 +198,59 @@ class HealthProbe:
         with self._lock:
             return max((lat for _, lat, _ in self.samples), default=float("inf"))
 
-    def report(self, bound: Optional[float] = None, worst: int = 15) -> str:
+    def report(self, bound: Optional[float] = None, worst: int = 15,
+               canary_bound: Optional[float] = None) -> str:
         with self._lock:
-            samples = list(self.samples)
             marks = list(self._marks)
-        if not samples:
-            return "no healthz samples at all"
-        lats = sorted(lat for _, lat, _ in samples)
-        bad = [s for s in samples if s[2] != "ok" or (bound is not None and s[1] >= bound)]
-        pct = lambda q: lats[min(len(lats) - 1, int(q * len(lats)))]  # noqa: E731
-        lines = [f"{len(samples)} healthz probes every {self.interval * 1000:.0f} ms (timeout "
-                 f"{self.timeout:.1f} s): p50 {pct(0.5) * 1000:.1f} ms, p99 "
-                 f"{pct(0.99) * 1000:.1f} ms, max {lats[-1] * 1000:.1f} ms; "
-                 f"{len(bad)} late or failed" + (f" (bound {bound * 1000:.0f} ms)" if bound else "")]
-        if bad:
-            first, last = bad[0][0], bad[-1][0]
-            lines.append(f"late/failed probes from t={first:.2f}s to t={last:.2f}s; the worst:")
-            for t, lat, st in sorted(bad, key=lambda s: -s[1])[:worst]:
-                lines.append(f"  t={t:7.2f}s  {lat * 1000:8.1f} ms  {st}")
+        lines = [self._summary("healthz", self.samples, bound, worst)]
+        if self.canary is not None:
+            lines.append(self._summary("canary echo", self.canary_samples, canary_bound, worst))
         if marks:
             lines.append("test events: " + ", ".join(f"t={t:.2f}s {w}" for t, w in marks))
         return "\n".join(lines)
 
-    def assert_responsive(self, bound: float, what: str, min_samples: int = 5) -> None:
-        """Every probe answered 200 in less than `bound` seconds, and there were at least
-        `min_samples` of them (a probe that never ran proves nothing)."""
+    def _summary(self, what: str, samples_ref: list, bound: Optional[float], worst: int) -> str:
+        with self._lock:
+            samples = list(samples_ref)
+        if not samples:
+            return f"no {what} samples at all"
+        lats = sorted(lat for _, lat, _ in samples)
+        bad = [s for s in samples if s[2] != "ok" or (bound is not None and s[1] >= bound)]
+        pct = lambda q: lats[min(len(lats) - 1, int(q * len(lats)))]  # noqa: E731
+        lines = [f"{len(samples)} {what} probes every {self.interval * 1000:.0f} ms (timeout "
+                 f"{self.timeout:.1f} s): p50 {pct(0.5) * 1000:.1f} ms, p99 "
+                 f"{pct(0.99) * 1000:.1f} ms, max {lats[-1] * 1000:.1f} ms; "
+                 f"{len(bad)} late or failed" + (f" (bound {bound * 1000:.0f} ms)" if bound else "")]
+        if bad:
+            lines.append(f"late/failed {what} probes from t={bad[0][0]:.2f}s to "
+                         f"t={bad[-1][0]:.2f}s; the worst:")
+            for t, lat, st in sorted(bad, key=lambda s: -s[1])[:worst]:
+                lines.append(f"  t={t:7.2f}s  {lat * 1000:8.1f} ms  {st}")
+        return "\n".join(lines)
+
+    def assert_responsive(self, bound: float, what: str, min_samples: int = 5,
+                          canary_bound: float = 0.5) -> None:
+        """Every /healthz probe answered 200 in less than `bound` seconds, and there were at
+        least `min_samples` of them (a probe that never ran proves nothing). With a canary,
+        every echo through it came back within `canary_bound` (looser: it includes the test's
+        own echo server; it is there to catch a frozen worker loop, which never answers)."""
         with self._lock:
             samples = list(self.samples)
+            canary = list(self.canary_samples)
         ok = (len(samples) >= min_samples
               and all(st == "ok" and lat < bound for _, lat, st in samples))
-        assert ok, (f"tcpfault's /healthz was not answered (200) within {bound * 1000:.0f} ms "
-                    f"while {what}\n{self.report(bound)}")
+        if self.canary is not None:
+            ok = ok and len(canary) >= min_samples and all(
+                st == "ok" and lat < canary_bound for _, lat, st in canary)
+        assert ok, (f"tcpfault's /healthz (or its data path) was not answered within "
+                    f"{bound * 1000:.0f} ms while {what}\n"
+                    f"{self.report(bound, canary_bound=canary_bound)}")
 
 
 @contextlib.contextmanager
-def probing(port: int, interval: float = 0.1, timeout: float = 1.0):
-    probe = HealthProbe(port, interval=interval, timeout=timeout)
+def probing(port: int, interval: float = 0.1, timeout: float = 1.0,
+            canary: Optional[tuple[str, int]] = None):
+    probe = HealthProbe(port, interval=interval, timeout=timeout, canary=canary)
     probe.start()
     try:
         yield probe

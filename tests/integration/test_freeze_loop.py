@@ -2,8 +2,11 @@
 
 Each test runs one of the bad cases of #12 against a real proxy with its admin API on, while a
 probe asks `GET /healthz` every 100 ms (freeze_helpers.HealthProbe): every answer must come in
-under 50 ms. A loop that re-arms a 0 ms timer, a timer left due on a closing session or a
-backtracking regex shows as probes timing out (and, for the spinning timers, as ~100 % CPU).
+under 50 ms. The probe also echoes 8 bytes through a second proxy, `canary`, on a new
+connection each time: with `workers: 2` (the suite's second pass) the bad session may sit on
+the loop that does not serve the admin API. A loop that re-arms a 0 ms timer, a timer left
+due on a closing session or a backtracking regex shows as probes timing out (and, for the
+spinning timers, as ~100 % CPU).
 Afterwards the connection must still work or end cleanly, and its session must be released
 (`tcpfault_connections_active` 0, file descriptors back to the baseline).
 """
@@ -24,14 +27,22 @@ BOUND = 0.050  # s: the slowest /healthz answer allowed while a bad case runs
 WINDOW = 3.0  # s: how long each bad case runs under the probe
 
 
-def start(tcpfault, upstream: str, rules: list[str], extra: str = ""):
-    """A proxy `main` with these rules and the admin API; returns (process, Admin, baseline
-    fd count)."""
-    p = tcpfault.from_config(admin_yaml([{"name": "main", "upstream": upstream, "rules": rules,
-                                          "extra": extra}]))
+def start(tcpfault, servers, upstream: str, rules: list[str]):
+    """A proxy `main` with these rules, a proxy `canary` without rules (to an echo server, for
+    the probe's data-path check) and the admin API; returns (process, Admin, baseline fd
+    count)."""
+    canary = servers.echo()
+    p = tcpfault.from_config(admin_yaml([{"name": "main", "upstream": upstream, "rules": rules},
+                                         {"name": "canary", "upstream": canary.addr}]),
+                             listening=2)
     api = Admin(admin_port(p))
     assert api.get("/healthz").status == 200
     return p, api, p.fd_count()
+
+
+def freeze_probe(p):
+    """The freeze probe: /healthz every 100 ms, and an echo through `canary`."""
+    return probing(admin_port(p), canary=p.addr("canary"))
 
 
 def released(p, api: Admin, fds: int, timeout: float = 5.0) -> None:
@@ -73,7 +84,7 @@ def test_slice_toward_a_client_that_does_not_read_keeps_the_loop_free(tcpfault, 
     drain (not spin a 0 ms timer), so /healthz answers in < 50 ms and the proxy idles; once the
     client reads, the bytes arrive intact; once it leaves, its session is released."""
     srv = pattern_server(servers)
-    p, api, fds = start(tcpfault, srv.addr, [
+    p, api, fds = start(tcpfault, servers, srv.addr, [
         "{name: chop, fault: {type: slice, size: 1-16, delay: 1ms, direction: downstream}}"])
     with kill_on_failure(p):
         c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -81,7 +92,7 @@ def test_slice_toward_a_client_that_does_not_read_keeps_the_loop_free(tcpfault, 
         c.settimeout(5)
         c.connect(p.addr("main"))
         try:
-            with probing(admin_port(p)) as probe:
+            with freeze_probe(p) as probe:
                 probe.wait_samples(3)
                 cpu = CpuMeter(p.pid)
                 c.sendall(b"SEND 20000000\n")
@@ -127,11 +138,11 @@ def test_close_to_server_plus_a_timer_rule_keeps_the_loop_free(tcpfault, servers
     rules = ["{name: cut, fault: {type: close, to: server}}", CLOSE_PLUS_TIMER[timer_rule]]
     if order == "timer-rule-first":
         rules.reverse()
-    p, api, fds = start(tcpfault, echo.addr, rules)
+    p, api, fds = start(tcpfault, servers, echo.addr, rules)
     with kill_on_failure(p):
         clients = []
         try:
-            with probing(admin_port(p)) as probe:
+            with freeze_probe(p) as probe:
                 probe.wait_samples(3)
                 cpu = CpuMeter(p.pid)
                 for i in range(20):  # some close before their timer is due, some after
@@ -167,13 +178,13 @@ def test_backtracking_line_regex_keeps_the_loop_free(tcpfault, servers):
     'a's: matching takes linear time, so /healthz answers in < 50 ms, the line (which does not
     match) is forwarded and echoed back intact, and the session is released."""
     echo = servers.echo()
-    p, api, fds = start(tcpfault, echo.addr, [
+    p, api, fds = start(tcpfault, servers, echo.addr, [
         '{name: re, when: {direction: upstream, line: "(a+)+b"}, fault: {type: reset}}'])
     with kill_on_failure(p):
         line = b"a" * 4000 + b"\n"
         c = connect(p.addr("main"))
         try:
-            with probing(admin_port(p)) as probe:
+            with freeze_probe(p) as probe:
                 probe.wait_samples(3)
                 c.sendall(line)
                 probe.mark("4000-byte line sent")
@@ -200,14 +211,14 @@ def test_switching_off_a_rule_releases_a_held_stream_at_once(tcpfault, servers, 
     so the held bytes must flow right away (within 1 s of the call), not 30 s later, and the
     fault never fires."""
     echo = servers.echo()
-    p, api, fds = start(tcpfault, echo.addr, [
+    p, api, fds = start(tcpfault, servers, echo.addr, [
         "{name: late, when: {direction: upstream, after_bytes: 1KiB, after: 30s}, "
         "fault: {type: reset, to: both}}"])
     with kill_on_failure(p):
         data = pattern(1024 + 100)
         c = connect(p.addr("main"))
         try:
-            with probing(admin_port(p)) as probe:
+            with freeze_probe(p) as probe:
                 c.sendall(data)
                 assert recv_exact(c, 1024, timeout=5) == data[:1024]
                 c.settimeout(0.5)
@@ -223,6 +234,7 @@ def test_switching_off_a_rule_releases_a_held_stream_at_once(tcpfault, servers, 
                 probe.mark(f"rule {how}d")
                 rest = recv_exact(c, 100, timeout=5)
                 took = time.monotonic() - t0
+                probe.wait_samples(5)
             probe.assert_responsive(BOUND, "a held stream was released")
             assert rest == data[1024:]
             assert took < 1.0, f"the held bytes arrived {took:.2f}s after the rule was {how}d"
