@@ -220,7 +220,8 @@ class HealthProbe:
         lines = [f"{len(samples)} {what} probes every {self.interval * 1000:.0f} ms (timeout "
                  f"{self.timeout:.1f} s): p50 {pct(0.5) * 1000:.1f} ms, p99 "
                  f"{pct(0.99) * 1000:.1f} ms, max {lats[-1] * 1000:.1f} ms; "
-                 f"{len(bad)} late or failed" + (f" (bound {bound * 1000:.0f} ms)" if bound else "")]
+                 f"{len(bad)} late or failed"
+                 + (f" (bound {bound * 1000:.0f} ms)" if bound else "")]
         if bad:
             lines.append(f"late/failed {what} probes from t={bad[0][0]:.2f}s to "
                          f"t={bad[-1][0]:.2f}s; the worst:")

@@ -208,9 +208,12 @@ def local_rounds(addr, stop: threading.Event, results: list) -> None:
         stop.wait(0.2)
 
 
-@pytest.mark.xfail(strict=False, reason="issue #12: unresolvable upstream under load: lookups "
-                   "queue in libuv's 4-thread pool, clients get `timeout`, sessions linger, "
-                   "other proxies starve, SIGTERM hangs (fixed by the lead's data-path rewrite)")
+# raises=AssertionError: a slow-DNS setup that does not work as root fails with pytest.fail,
+# which must show as a failure even while the mark is on.
+@pytest.mark.xfail(strict=False, raises=AssertionError,
+                   reason="issue #12: unresolvable upstream under load: lookups queue in libuv's "
+                   "4-thread pool, clients get `timeout`, sessions linger, other proxies starve, "
+                   "SIGTERM hangs (fixed by the lead's data-path rewrite)")
 @pytest.mark.timeout(120)
 def test_unresolvable_upstream_under_load_does_not_starve_the_process(tcpfault, servers,
                                                                      tmp_path):
@@ -295,7 +298,7 @@ def run(p: ProxyProcess, dns: SilentDns) -> None:
             probe.mark("SIGTERM with lookups pending")
             probe.stop()
             try:
-                took = sigterm_and_time(p, SHUTDOWN_GRACE + 1)
+                sigterm_and_time(p, SHUTDOWN_GRACE + 1)
             except AssertionError as e:
                 problems.append(str(e).split("; stderr")[0])
         finally:

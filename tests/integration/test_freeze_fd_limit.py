@@ -96,9 +96,9 @@ def test_connections_turned_away_at_the_fd_limit_are_counted_and_logged(tcpfault
             f"tcpfault_connections_rejected_total grew by {grown} ({before} -> {after})")
         logged = [r for r in p.records[mark:] if r.get("level") in ("warn", "warning", "error")
                   and r.get("proxy") == "main"]
-        assert logged or not turned_away, (f"no warning or error naming the proxy was logged for {turned_away} "
-                        f"connections closed at the fd limit; log since the limit:\n"
-                        + "\n".join(p.lines[mark:][-20:]))
+        assert logged or not turned_away, (
+            f"no warning or error naming the proxy was logged for {turned_away} connections "
+            f"closed at the fd limit; log since the limit:\n" + "\n".join(p.lines[mark:][-20:]))
 
         c = connect(p.addr("main"))
         c.sendall(b"again")

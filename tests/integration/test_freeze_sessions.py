@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from admin_helpers import Admin, admin_port, admin_yaml
+from admin_helpers import Admin, admin_port
 from fault_helpers import pattern
 from freeze_helpers import kill_on_failure, probing, toxiproxy_api_port
 from helpers import (LOOPBACK, connect, free_port, parse_addr, recv_exact, reset_close,

@@ -643,8 +643,8 @@ def freeze_diagnostics(p, driver: Driver, ctl: Controller, t0: float) -> str:
             f"CPU in the next second, has {p.fd_count()} fds open, {len(driver.conns)} client "
             f"transfers open; threads: {thread_states(p.pid)}; rules in force (the "
             f"controller's model): {json.dumps(list(ctl.rules.values()))}\n"
-            f"last controller calls:\n  " + "\n  ".join(ctl.recent)
-            + (f"\ncontroller errors:\n  " + "\n  ".join(ctl.errors[:10]) if ctl.errors else "")
+            "last controller calls:\n  " + "\n  ".join(ctl.recent)
+            + ("\ncontroller errors:\n  " + "\n  ".join(ctl.errors[:10]) if ctl.errors else "")
             + (f"\nstacks:\n{stacks}" if stacks else ""))
 
 
