@@ -57,9 +57,9 @@ def fired(p, rule: str, count: int = 1, timeout: float = 5.0) -> None:
 
 # Each scenario starts a proxy, leaves sessions stuck and returns (process, sockets to close).
 
-def slice_non_reader(tcpfault, servers):
+def slice_non_reader(tcpfault, servers, delay: str = "delay: 1ms, "):
     p, _ = proxy(tcpfault, sender_server(servers).addr, [
-        "{name: chop, fault: {type: slice, size: 1-16, delay: 1ms, direction: downstream}}"])
+        f"{{name: chop, fault: {{type: slice, size: 1-16, {delay}direction: downstream}}}}"])
     c = socket.socket()
     c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     c.settimeout(5)
@@ -188,6 +188,7 @@ def self_relay(tcpfault, servers):
 _FREEZES = "a frozen loop ignores SIGTERM"
 SCENARIOS = {
     "slice-toward-non-reader": (slice_non_reader, _FREEZES),
+    "slice-no-delay-toward-non-reader": (lambda t, s: slice_non_reader(t, s, ""), _FREEZES),
     "close-plus-latency-after": (close_plus(
         "{name: slow, when: {after: 500ms}, fault: {type: latency, delay: 50ms}}"), _FREEZES),
     "close-plus-stall-duration": (close_plus(
