@@ -340,7 +340,9 @@ def kill_on_failure(*procs):
     try:
         yield
     except BaseException:
-        for p in procs:
+        # A list is read at failure time (the factory's list of every process it started).
+        flat = [x for p in procs for x in (p if isinstance(p, list) else [p])]
+        for p in flat:
             if p is not None:
                 p.exit_expected = True
                 p.kill()

@@ -219,7 +219,7 @@ def test_sigterm_ends_the_process_within_the_grace_period(tcpfault, servers, cas
     scenario, _ = SCENARIOS[case]
     p, socks = None, []
     try:
-        with kill_on_failure(*tcpfault.procs):
+        with kill_on_failure(tcpfault.procs):
             p, socks = scenario(tcpfault, servers)
             if not p.running():
                 return  # refused at start (self-relay): nothing to stop
