@@ -42,5 +42,5 @@ if [ "${SKIP_ASAN:-0}" != "1" ]; then
     echo "=== again with AddressSanitizer + UndefinedBehaviorSanitizer ==="
     cmake -S . -B build-asan -G Ninja -DTCPFAULT_SANITIZE=ON && cmake --build build-asan
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-        run_tests build-asan
+        SOAK_CHURN_SECONDS="${ASAN_SOAK_CHURN_SECONDS:-60}" run_tests build-asan
 fi

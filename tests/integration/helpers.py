@@ -82,9 +82,12 @@ class ProxyProcess:
     (so the proxy never blocks on a full pipe); stderr lines are parsed as JSON when they can
     be and kept in order, so tests can wait for log events with a deadline."""
 
-    def __init__(self, args: list[str], cwd: Optional[Path] = None, desc: str = ""):
-        self.args = [str(BIN)] + [str(a) for a in args]
-        self.desc = desc or " ".join(self.args[1:])
+    def __init__(self, args: list[str], cwd: Optional[Path] = None, desc: str = "",
+                 prefix: Optional[list[str]] = None):
+        # prefix: a command that execs tcpfault in the end (e.g. unshare), so the pid is still
+        # tcpfault's own.
+        self.args = [str(a) for a in (prefix or [])] + [str(BIN)] + [str(a) for a in args]
+        self.desc = desc or " ".join(str(a) for a in args)
         self._cond = threading.Condition()
         self.lines: list[str] = []  # raw stderr lines
         self.records: list[dict] = []  # one per stderr line; {"_raw": line} when not JSON
