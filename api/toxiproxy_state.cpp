@@ -180,10 +180,23 @@ Error ProxyTable::parse_upstream(const std::string& text, config::HostPort* out)
 }
 
 Error ProxyTable::loop_check(const config::Proxy& cfg, const std::string& replacing) const {
+    // Listeners on port 0 are compared by the port they really got.
+    auto bound = [](const ProxyServer& p, config::Proxy c) {
+        if (auto a = config::parse_host_port(p.listen_addr(), false)) c.listen = *a;
+        return c;
+    };
     std::vector<config::Proxy> all;
-    for (ProxyServer* p : hooks_.servers())
-        if (p->name() != replacing) all.push_back(p->config());
-    all.push_back(cfg);
+    const ProxyServer* replaced = nullptr;
+    for (ProxyServer* p : hooks_.servers()) {
+        if (p->name() == replacing)
+            replaced = p;
+        else
+            all.push_back(bound(*p, p->config()));
+    }
+    all.push_back(replaced != nullptr && cfg.listen.port == 0 &&
+                          cfg.listen.host == replaced->config().listen.host
+                      ? bound(*replaced, cfg)
+                      : cfg);
     std::string loop = config::upstream_loop(all, all.size() - 1);
     if (!loop.empty()) return {400, "proxy " + cfg.name + ": " + loop};
     return {};

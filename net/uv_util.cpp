@@ -105,8 +105,19 @@ bool is_any(const sockaddr_storage& s) {
     return false;
 }
 
-// An address of this host: loopback, or one of its interfaces'.
-bool is_local(const sockaddr_storage& s) {
+// An address of this host: loopback, or one of its interfaces' (an IPv4-mapped IPv6 address
+// as the IPv4 address it carries).
+bool is_local(const sockaddr_storage& in) {
+    sockaddr_storage s = in;
+    if (in.ss_family == AF_INET6 &&
+        IN6_IS_ADDR_V4MAPPED(&reinterpret_cast<const sockaddr_in6&>(in).sin6_addr)) {
+        sockaddr_in v4{};
+        v4.sin_family = AF_INET;
+        std::memcpy(&v4.sin_addr, reinterpret_cast<const sockaddr_in6&>(in).sin6_addr.s6_addr + 12,
+                    4);
+        std::memset(&s, 0, sizeof s);
+        std::memcpy(&s, &v4, sizeof v4);
+    }
     if (s.ss_family == AF_INET &&
         (ntohl(reinterpret_cast<const sockaddr_in&>(s).sin_addr.s_addr) >> 24) == 127)
         return true;

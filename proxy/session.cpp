@@ -54,16 +54,14 @@ bool peer_closed(Endpoint& e) {
 
 // The descriptors a connection needs beyond its accepted socket (the upstream socket) plus
 // what the process keeps for itself (admin connections, listeners re-opened, reloads).
-constexpr int kFdReserve = 16;
+constexpr int kFdReserve = 4;
 
 // Descriptors are handed out lowest first, so an accepted socket's number says how close the
-// process is to RLIMIT_NOFILE.
+// process is to RLIMIT_NOFILE (read each time: it can be changed from outside, prlimit).
 bool near_fd_limit(int fd) {
-    static const rlim_t limit = [] {
-        rlimit r{};
-        return getrlimit(RLIMIT_NOFILE, &r) == 0 ? r.rlim_cur : RLIM_INFINITY;
-    }();
-    return fd >= 0 && limit != RLIM_INFINITY && static_cast<rlim_t>(fd) + kFdReserve >= limit;
+    rlimit r{};
+    if (fd < 0 || getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY) return false;
+    return static_cast<rlim_t>(fd) + kFdReserve >= r.rlim_cur;
 }
 
 // Logged the first time and then once per 1,000, so a flood at the limit cannot flood the log.

@@ -210,10 +210,6 @@ def local_rounds(addr, stop: threading.Event, results: list) -> None:
 
 # raises=AssertionError: a slow-DNS setup that does not work as root fails with pytest.fail,
 # which must show as a failure even while the mark is on.
-@pytest.mark.xfail(strict=False, raises=AssertionError,
-                   reason="issue #12: unresolvable upstream under load: lookups queue in libuv's "
-                   "4-thread pool, clients get `timeout`, sessions linger, other proxies starve, "
-                   "SIGTERM hangs (fixed by the lead's data-path rewrite)")
 @pytest.mark.timeout(120)
 def test_unresolvable_upstream_under_load_does_not_starve_the_process(tcpfault, servers,
                                                                      tmp_path):

@@ -30,9 +30,6 @@ def rejected(api: Admin) -> dict:
     return metric_by(api, "tcpfault_connections_rejected_total", "reason", proxy="main")
 
 
-@pytest.mark.xfail(strict=False, reason="issue #12: connections closed at the fd limit (libuv's "
-                   "EMFILE trick) are neither counted nor logged (fixed by the lead's data-path "
-                   "rewrite)")
 @pytest.mark.timeout(60)
 def test_connections_turned_away_at_the_fd_limit_are_counted_and_logged(tcpfault, servers):
     """Clients connect one at a time (each waits up to 1 s for its echo or its end) to a proxy

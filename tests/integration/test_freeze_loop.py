@@ -74,9 +74,6 @@ def pattern_server(servers):
     return servers.tcp(handler)
 
 
-@pytest.mark.xfail(strict=False, reason="issue #12: slice toward a peer that stops reading "
-                   "re-arms a 0 ms timer and freezes the loop (fixed by the lead's data-path "
-                   "rewrite)")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("delay", ["delay: 1ms, ", ""], ids=["delay-1ms", "no-delay"])
 def test_slice_toward_a_client_that_does_not_read_keeps_the_loop_free(tcpfault, servers, delay):
@@ -120,14 +117,9 @@ CLOSE_PLUS_TIMER = {
 }
 
 
-_XFAIL_TIMER_DUE = pytest.mark.xfail(
-    strict=False, reason="issue #12: close {to: server} plus a timer-driven rule armed before it "
-    "leaves a session whose timer comes due forever (fixed by the lead's data-path rewrite)")
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("timer_rule,order", [
-    pytest.param(t, o, id=f"{t}-{o}", marks=[_XFAIL_TIMER_DUE] if o == "timer-rule-first" else [])
+    pytest.param(t, o, id=f"{t}-{o}")
     for t in CLOSE_PLUS_TIMER for o in ("timer-rule-first", "close-first")])
 def test_close_to_server_plus_a_timer_rule_keeps_the_loop_free(tcpfault, servers, timer_rule,
                                                                order):
@@ -172,8 +164,6 @@ def test_close_to_server_plus_a_timer_rule_keeps_the_loop_free(tcpfault, servers
         released(p, api, fds)
 
 
-@pytest.mark.xfail(strict=False, reason="issue #12: when.line runs std::regex, which backtracks "
-                   "exponentially on (a+)+b (fixed by the lead's switch to RE2)")
 @pytest.mark.timeout(60)
 def test_backtracking_line_regex_keeps_the_loop_free(tcpfault, servers):
     """`when.line: "(a+)+b"` (valid RE2 syntax, linear there) and one 4,000-byte client line of
@@ -202,9 +192,6 @@ def test_backtracking_line_regex_keeps_the_loop_free(tcpfault, servers):
         released(p, api, fds)
 
 
-@pytest.mark.xfail(strict=False, reason="issue #12: switching off a rule whose after_bytes was "
-                   "reached but whose after has not passed keeps the stream held until the "
-                   "original time (fixed by the lead's data-path rewrite)")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["disable", "delete"])
 def test_switching_off_a_rule_releases_a_held_stream_at_once(tcpfault, servers, how):

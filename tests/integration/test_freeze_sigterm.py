@@ -171,7 +171,7 @@ def self_relay(tcpfault, servers):
     path = tcpfault.write_config(
         f"admin: {{listen: 127.0.0.1:0}}\nlog: {{format: json, level: info}}\n"
         f"shutdown_grace: {int(GRACE * 1000)}ms\nproxies:\n  - name: loop\n"
-        f"    listen: 0.0.0.0:{port}\n    upstream: \"127.0.0.1:{port}\"\n")
+        f"    listen: 0.0.0.0:{port}\n    upstream: \"[::ffff:127.0.0.1]:{port}\"\n")
     p = tcpfault.spawn(["-c", str(path)])
     deadline = time.monotonic() + 10
     while not p.find_logs("admin listening"):
@@ -209,10 +209,7 @@ SCENARIOS = {
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", [
-    pytest.param(name, id=name, marks=[pytest.mark.xfail(
-        strict=False, reason=f"issue #12: {why} (fixed by the lead's data-path rewrite)")]
-        if why else [])
-    for name, (_, why) in SCENARIOS.items()])
+    pytest.param(name, id=name) for name in SCENARIOS])
 def test_sigterm_ends_the_process_within_the_grace_period(tcpfault, servers, case):
     """Sessions stuck in the given fault, clients still connected: SIGTERM ends the process
     with exit code 0 within shutdown_grace (1 s) + 1 s."""

@@ -676,9 +676,6 @@ def freeze_diagnostics(p, driver: Driver, ctl: Controller, t0: float) -> str:
             + (f"\nstacks:\n{stacks}" if stacks else ""))
 
 
-@pytest.mark.xfail(strict=False, reason="issue #12: the churn freezes the event loop (a libuv "
-                   "timer re-armed at 0 ms in the same pass) within a minute (fixed by the "
-                   "lead's data-path rewrite)")
 @pytest.mark.timeout(int(SECONDS) + 240)
 def test_soak_with_rule_churn(tcpfault, capsys):
     """The churn soak described at the top of this file."""
