@@ -187,7 +187,13 @@ class RuleGen:
             w["data"] = r.choice(["Z", "ab", "q"])
         elif pick < 0.3:
             w["line"] = r.choice(["^A", "Z$", "[0-9][0-9]", "x.*y", "^[a-f]+"])
-        conds = {"data", "line", "after_bytes", "after"}
+        if r.random() < 0.1:
+            w["next_byte"] = True
+        # after_bytes: 0 on its own is refused (it would mean "at accept"): with nothing else,
+        # it becomes 1.
+        if w.get("after_bytes") == 0 and not {"data", "line", "after", "next_byte"} & set(w):
+            w["after_bytes"] = 1
+        conds = {"data", "line", "after_bytes", "after", "next_byte"}
         return w if conds & set(w) else None
 
     def match(self, kind: str, lossy: bool) -> Optional[dict]:
@@ -766,6 +772,9 @@ def run_soak(tcpfault, rng: random.Random, echo: EchoProcess, capsys) -> None:
         api.wait_metric("tcpfault_connections_active", 0, timeout=10, proxy="main")
         fds_after = p.wait_fds_at_most(fds_before + 2, timeout=15)
         rss_after = p.rss_kib()
+        if os.environ.get("SOAK_PAUSE_AT_END"):  # by hand: look at the idle process
+            print(f"\nsoak over; tcpfault pid {p.pid}, RSS {rss_after} KiB; pausing", flush=True)
+            time.sleep(float(os.environ["SOAK_PAUSE_AT_END"]))
         final_refused = 0
         final_errors = []
         deadline = time.monotonic() + 5  # a listener closed by refuse re-opens on the next tick
