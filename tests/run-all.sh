@@ -32,7 +32,9 @@ if [ "${SKIP_IMAGE:-0}" != "1" ]; then
 fi
 if [ "${SKIP_WORKERS:-0}" != "1" ]; then
     echo "=== integration tests with every config on two event loops (workers: 2) ==="
-    TCPFAULT_TEST_WORKERS=2 run_tests build -R '^integration\.'
+    # The 5-minute churn soak ran in the pass above; here a minute of it, on two loops.
+    TCPFAULT_TEST_WORKERS=2 SOAK_CHURN_SECONDS="${WORKERS_SOAK_CHURN_SECONDS:-60}" \
+        run_tests build -R '^integration\.'
 fi
 if [ "${SKIP_FUZZ:-0}" != "1" ]; then
     echo "=== libFuzzer harnesses, ${FUZZ_SECONDS:-60}s each ==="
