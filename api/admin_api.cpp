@@ -332,8 +332,9 @@ HttpResponse AdminApi::list_connections(ProxyServer& p, const HttpRequest& req) 
     // own loop; the merge keeps the lowest `limit` of them.
     size_t want = static_cast<size_t>(limit.value_or(kMaxConnectionPage));
     std::vector<std::pair<uint64_t, Json>> rows;
-    size_t total =
-        p.for_each_session_page(after.value_or(0), want, [&](const Session& s, unsigned worker) {
+    // One more than asked for tells whether another page follows.
+    size_t total = p.for_each_session_page(
+        after.value_or(0), want + 1, [&](const Session& s, unsigned worker) {
             rows.emplace_back(s.id(), connection_json(s, worker));
         });
     std::sort(rows.begin(), rows.end(),
