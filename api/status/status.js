@@ -33,6 +33,8 @@
     cursors: [0],          // `after` of each page visited; the last is the current page
     nextAfter: null,       // `after` of the next page, when there is one
     eventsNext: null,      // the events cursor (null: not loaded yet)
+    eventsCapacity: 0,
+    eventsDropped: 0,      // events this page never saw
     busy: false,
     pendingAction: null,   // an action waiting for the token dialog
     faultConn: null,
@@ -273,21 +275,29 @@
         el("span", { class: "what", text: parts.join(" · ") })));
     }
     while (list.children.length > TIMELINE_KEEP) list.lastElementChild.remove();
-    if (list.children.length === 0) $("timeline-note").textContent = "no faults injected yet";
+    if (!state.eventsDropped) {
+      $("timeline-note").textContent = list.children.length === 0 ? "no faults injected yet"
+        : "newest first; tcpfault keeps the last " + count(state.eventsCapacity) + " events";
+    }
   }
 
   async function pollEvents() {
     if (state.eventsNext === null) {
       const { data } = await api("GET", "/api/events?limit=100");
       state.eventsNext = data.next;
+      state.eventsCapacity = data.capacity;
       renderEvents(data.events);
-      $("timeline-note").textContent = "keeps the last " + count(data.capacity) + " events";
       return;
     }
     // Catch up in pages; a page that could not keep up says how many it missed.
     for (let i = 0; i < 5; i++) {
       const { data } = await api("GET", "/api/events?after=" + state.eventsNext + "&limit=1000");
-      if (data.dropped > 0) $("timeline-note").textContent = count(data.dropped) + " events were dropped before this page read them";
+      if (data.dropped > 0) {
+        state.eventsDropped += data.dropped;
+        $("timeline-note").textContent = count(state.eventsDropped) +
+          " events came and went faster than this page read them (tcpfault keeps the last " +
+          count(data.capacity) + ")";
+      }
       state.eventsNext = data.next;
       renderEvents(data.events);
       if (!data.more) break;
