@@ -144,7 +144,6 @@ class Session final : public FtpControl::Host,
                               bool while_connecting = false);
     // Lifts the stages faults labelled `label` installed, as disabling a rule lifts its own.
     ApiResult lift_api_faults(const std::string& label);
-    bool connected() const { return connected_; }
     // The faults that acted on this connection, in order (rule name or API label, fault type);
     // the first kMaxFaultsListed of faults_applied_total().
     struct AppliedFault {
