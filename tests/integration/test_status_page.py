@@ -52,7 +52,10 @@ def browser():
                 f"--user-data-dir={profile.name}", "--window-size=1280,1000"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    # Chromium writes beside its profile too (~/.config, ~/.cache): keep all of it in /tmp.
+    env = dict(os.environ, HOME=profile.name, XDG_CONFIG_HOME=profile.name + "/config",
+               XDG_CACHE_HOME=profile.name + "/cache")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=opts)
     driver.set_page_load_timeout(WAIT)
     try:
         yield driver
