@@ -3,10 +3,14 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <charconv>
+#include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "api/status_page.hpp"
 #include "config/units.hpp"
 #include "config/yaml_guard.hpp"
+#include "faults/fault_list.hpp"
 #include "faults/rule_matcher.hpp"
 #include "observe/clock.hpp"
 #include "observe/log.hpp"
@@ -62,8 +66,108 @@ Json proxy_json(ProxyServer& p) {
                 {"upstream", c.upstream.str()},
                 {"protocol", c.protocol == config::Protocol::ftp ? "ftp" : "tcp"},
                 {"active_connections", p.active()},
+                {"connections_total", p.connections_total()},
+                {"bytes_upstream", p.bytes_total(config::Direction::upstream)},
+                {"bytes_downstream", p.bytes_total(config::Direction::downstream)},
                 {"rules", std::move(rules)}};
 }
+
+// One open connection, as listed; built on the connection's own loop.
+Json connection_json(const Session& s, unsigned worker) {
+    Json rules = Json::array();
+    for (const std::string& r : s.rule_names()) rules.push_back(r);
+    Json faults = Json::array();
+    for (const auto& f : s.faults_applied())
+        faults.push_back(Json{{"rule", f.rule}, {"fault", f.fault}});
+    uint64_t now = uv_now(s.loop());
+    uint64_t age = now > s.started_ms() ? now - s.started_ms() : 0;
+    return Json{{"id", s.id()},
+                {"client", s.client_addr()},
+                {"age_seconds", static_cast<double>(age) / 1000.0},
+                {"bytes_upstream", s.bytes_up()},
+                {"bytes_downstream", s.bytes_down()},
+                {"worker", worker},
+                {"rules", std::move(rules)},
+                {"state", s.state()},
+                {"faults", std::move(faults)}};
+}
+
+// "2026-12-07T02:44:19.908Z"
+std::string iso_time(uint64_t unix_ms) {
+    std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[40];
+    size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+    std::snprintf(buf + n, sizeof buf - n, ".%03uZ", static_cast<unsigned>(unix_ms % 1000));
+    return buf;
+}
+
+Json event_json(const Event& e) {
+    return Json{{"seq", e.seq},
+                {"time", iso_time(e.unix_ms)},
+                {"kind", e.kind},
+                {"proxy", e.proxy},
+                {"conn", e.conn},
+                {"client", e.client},
+                {"rule", e.rule},
+                {"fault", e.fault},
+                {"detail", e.detail},
+                {"bytes_upstream", e.bytes_up},
+                {"bytes_downstream", e.bytes_down}};
+}
+
+// A query parameter the caller reads: its name, bounds, and where the value goes.
+struct QueryParam {
+    std::string_view name;
+    uint64_t min;
+    uint64_t max;
+    std::optional<uint64_t>* out;
+};
+
+// Reads `a=1&b=2` into the named parameters (decimal numbers within their bounds); "" or the
+// error. Unknown names are errors, so a typo is not silently a full listing.
+std::string read_query(std::string_view query, std::initializer_list<QueryParam> params) {
+    auto shown = [](std::string_view v) {
+        return "\"" + std::string(v.substr(0, 64)) + (v.size() > 64 ? "...\"" : "\"");
+    };
+    while (!query.empty()) {
+        size_t amp = query.find('&');
+        std::string_view part = query.substr(0, amp);
+        query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+        if (part.empty()) continue;
+        size_t eq = part.find('=');
+        std::string_view key = part.substr(0, eq);
+        std::string_view value = eq == std::string_view::npos ? "" : part.substr(eq + 1);
+        const QueryParam* p = nullptr;
+        std::string names;
+        for (const QueryParam& q : params) {
+            if (q.name == key) p = &q;
+            names += (names.empty() ? "" : ", ") + std::string(q.name);
+        }
+        if (p == nullptr)
+            return "unknown query parameter " + shown(key) + " (expected one of: " + names + ")";
+        uint64_t v = 0;
+        auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+        if (value.empty() || ec != std::errc() || end != value.data() + value.size() ||
+            v < p->min || v > p->max)
+            return std::string(key) + ": expected a whole number from " + std::to_string(p->min) +
+                   " to " + std::to_string(p->max) + ", found " + shown(value);
+        *p->out = v;
+    }
+    return "";
+}
+
+std::optional<uint64_t> parse_id(const std::string& s) {
+    uint64_t v = 0;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+    return v;
+}
+
+constexpr uint64_t kMaxConnectionPage = 10000;
+constexpr uint64_t kDefaultEventPage = 100;
+constexpr uint64_t kMaxEventPage = 1000;
 
 // Validates a rule body exactly as the file loader would, plus what only the proxy knows.
 std::optional<config::Rule> parse_body(ProxyServer& p, const std::string& body, std::string* err) {
@@ -139,6 +243,15 @@ HttpResponse AdminApi::route(const HttpRequest& req, const std::vector<std::stri
         if (!only("GET")) return error(405, "method not allowed");
         return metrics();
     }
+    // The status page: `/` and the files it loads (api/status/).
+    if (n == 0 || (n == 1 && find_status_file(parts[0]) != nullptr)) {
+        if (!only("GET")) return error(405, "method not allowed");
+        return status_page(n == 0 ? "" : parts[0]);
+    }
+    if (n == 2 && parts[0] == "api" && parts[1] == "events") {
+        if (!only("GET")) return error(405, "method not allowed");
+        return list_events(req);
+    }
     if (n < 2 || parts[0] != "api") return error(404, "no such path: " + req.path);
     if (n == 2 && parts[1] == "reload") {
         if (m != "POST") return error(405, "method not allowed (use POST)");
@@ -159,8 +272,9 @@ HttpResponse AdminApi::route(const HttpRequest& req, const std::vector<std::stri
     }
     if (n == 4 && parts[3] == "connections") {
         if (!only("GET")) return error(405, "method not allowed");
-        return list_connections(*p);
+        return list_connections(*p, req);
     }
+    if (n >= 5 && parts[3] == "connections") return connection_route(req, *p, parts);
     if (n == 4 && parts[3] == "restart") {
         if (m != "POST") return error(405, "method not allowed (use POST)");
         return restart(*p, req.body);
@@ -200,21 +314,150 @@ HttpResponse AdminApi::list_proxies() {
     return json(200, out);
 }
 
-HttpResponse AdminApi::list_connections(ProxyServer& p) {
+HttpResponse AdminApi::list_connections(ProxyServer& p, const HttpRequest& req) {
+    std::optional<uint64_t> limit, after;
+    std::string err = read_query(
+        req.query, {{"limit", 1, kMaxConnectionPage, &limit}, {"after", 0, UINT64_MAX, &after}});
+    if (!err.empty()) return error(400, err);
+    if (!limit && !after) {
+        // The whole listing, in no particular order (as before paging existed).
+        Json out = Json::array();
+        p.for_each_session(
+            [&](const Session& s, unsigned worker) { out.push_back(connection_json(s, worker)); });
+        HttpResponse r = json(200, out);
+        r.headers.emplace_back("X-Total-Count", std::to_string(out.size()));
+        return r;
+    }
+    // A page in id order: each loop hands over its lowest ids above the cursor, built on its
+    // own loop; the merge keeps the lowest `limit` of them.
+    size_t want = static_cast<size_t>(limit.value_or(kMaxConnectionPage));
+    std::vector<std::pair<uint64_t, Json>> rows;
+    // One more than asked for tells whether another page follows.
+    size_t total = p.for_each_session_page(
+        after.value_or(0), want + 1, [&](const Session& s, unsigned worker) {
+            rows.emplace_back(s.id(), connection_json(s, worker));
+        });
+    std::sort(rows.begin(), rows.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    bool more = rows.size() > want;
+    if (more) rows.resize(want);
     Json out = Json::array();
-    uint64_t now = uv_now(p.loop());
-    p.for_each_session([&](const Session& s, unsigned worker) {
-        Json rules = Json::array();
-        for (const std::string& r : s.rule_names()) rules.push_back(r);
-        out.push_back(Json{{"id", s.id()},
-                           {"client", s.client_addr()},
-                           {"age_seconds", static_cast<double>(now - s.started_ms()) / 1000.0},
-                           {"bytes_upstream", s.bytes_up()},
-                           {"bytes_downstream", s.bytes_down()},
-                           {"worker", worker},
-                           {"rules", std::move(rules)}});
+    for (auto& [id, row] : rows) out.push_back(std::move(row));
+    HttpResponse r = json(200, out);
+    r.headers.emplace_back("X-Total-Count", std::to_string(total));
+    if (more)
+        r.headers.emplace_back("Link", "</api/proxies/" + p.name() + "/connections?after=" +
+                                           std::to_string(rows.back().first) +
+                                           "&limit=" + std::to_string(want) + ">; rel=\"next\"");
+    return r;
+}
+
+HttpResponse AdminApi::connection_route(const HttpRequest& req, ProxyServer& p,
+                                        const std::vector<std::string>& parts) {
+    const std::string& m = req.method;
+    size_t n = parts.size();
+    if (n > 6 || (n == 6 && parts[5] != "fault")) return error(404, "no such path: " + req.path);
+    std::optional<uint64_t> id = parse_id(parts[4]);
+    if (!id) return error(404, "no such connection: " + parts[4]);
+    if (n == 5) {
+        if (m == "GET" || m == "HEAD") return act_on_connection(p, *id, nullptr);
+        if (m == "DELETE") {
+            // Both sides reset at once, bytes not yet sent dropped: "kill this connection".
+            static const config::FaultSpec kill = [] {
+                faults::ResetFault f;
+                f.flush = false;
+                return config::FaultSpec{f};
+            }();
+            return act_on_connection(
+                p, *id, [](Session& s) { return s.apply_api_fault(kill, kApiRule, true); });
+        }
+        return error(405, "method not allowed (use GET or DELETE)");
+    }
+    if (m == "POST") {
+        config::FaultBodyResult body = config::parse_fault_body(req.body, "request body");
+        if (!body.fault) {
+            std::string msg;
+            for (const auto& d : body.errors) msg += (msg.empty() ? "" : "; ") + d.str();
+            return error(400, msg);
+        }
+        if (faults::fault_scope(*body.fault) == faults::Scope::proxy)
+            return error(400, "fault type \"" + std::string(config::fault_name(*body.fault)) +
+                                  "\" acts on the proxy, not on one connection (use a rule, or "
+                                  "POST /api/proxies/" +
+                                  p.name() + "/restart)");
+        const config::FaultSpec& f = *body.fault;
+        return act_on_connection(p, *id,
+                                 [&f](Session& s) { return s.apply_api_fault(f, kApiRule); });
+    }
+    if (m == "DELETE")
+        return act_on_connection(p, *id, [](Session& s) { return s.lift_api_faults(kApiRule); });
+    return error(405, "method not allowed (use POST or DELETE)");
+}
+
+HttpResponse AdminApi::act_on_connection(ProxyServer& p, uint64_t id,
+                                         const std::function<Session::ApiResult(Session&)>& act) {
+    Session::ApiResult result = Session::ApiResult::applied;
+    Json conn;
+    bool found = p.with_session(id, [&](Session& s, unsigned worker) {
+        if (act) result = act(s);
+        conn = connection_json(s, worker);
     });
-    return json(200, out);
+    std::string which = "connection " + std::to_string(id);
+    if (!found)
+        return error(404, "no such connection: " + std::to_string(id) + " in proxy " + p.name() +
+                              " (never opened, or closed since)");
+    switch (result) {
+        case Session::ApiResult::applied:
+            return json(200, conn);
+        case Session::ApiResult::ending:
+            return error(409, which + " is already ending: " + conn["state"].get<std::string>());
+        case Session::ApiResult::connecting:
+            return error(409, which +
+                                  " is not connected to its upstream yet: faults act once it is "
+                                  "(DELETE resets it now)");
+        case Session::ApiResult::proxy_scope:
+            break;
+    }
+    return error(400, "that fault acts on the proxy, not on one connection");
+}
+
+HttpResponse AdminApi::list_events(const HttpRequest& req) {
+    std::optional<uint64_t> after, limit;
+    std::string err = read_query(
+        req.query, {{"after", 0, UINT64_MAX, &after}, {"limit", 1, kMaxEventPage, &limit}});
+    if (!err.empty()) return error(400, err);
+    size_t want = static_cast<size_t>(limit.value_or(kDefaultEventPage));
+    EventLog::Page page;
+    if (hooks_.events != nullptr)
+        page = after ? hooks_.events->after(*after, want) : hooks_.events->newest(want);
+    Json events = Json::array();
+    for (const Event& e : page.events) events.push_back(event_json(e));
+    uint64_t next = !page.events.empty() ? page.events.back().seq
+                    : after              ? std::min(*after, page.latest)
+                                         : page.latest;
+    return json(200, Json{{"events", std::move(events)},
+                          {"next", next},
+                          {"latest", page.latest},
+                          {"dropped", page.dropped},
+                          {"more", page.more},
+                          {"capacity", hooks_.events != nullptr ? hooks_.events->capacity() : 0}});
+}
+
+HttpResponse AdminApi::status_page(const std::string& name) {
+    const StatusFile* f = find_status_file(name);
+    if (f == nullptr) return error(404, "no such path: /" + name);
+    HttpResponse r;
+    r.content_type = std::string(f->content_type);
+    r.body = std::string(f->body);
+    // The page and its files come from this binary: a new binary's page is fetched afresh,
+    // nothing else may frame or script it.
+    r.headers.emplace_back("Cache-Control", "no-cache");
+    r.headers.emplace_back("X-Content-Type-Options", "nosniff");
+    r.headers.emplace_back("Content-Security-Policy",
+                           "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                           "base-uri 'none'; form-action 'none'");
+    r.headers.emplace_back("Referrer-Policy", "no-referrer");
+    return r;
 }
 
 HttpResponse AdminApi::add_rule(ProxyServer& p, const std::string& body) {
@@ -287,6 +530,16 @@ HttpResponse AdminApi::restart(ProxyServer& p, const std::string& body) {
     }
     size_t open = p.active();
     p.restart(downtime);
+    if (hooks_.events != nullptr) {
+        Event e;
+        e.kind = "restart";
+        e.proxy = p.name();
+        e.rule = kApiRule;
+        e.fault = "restart";
+        e.detail = std::to_string(open) + " open connections reset, downtime " +
+                   config::format_duration(downtime);
+        hooks_.events->add(std::move(e));
+    }
     return json(200, Json{{"reset", open}, {"downtime", config::format_duration(downtime)}});
 }
 

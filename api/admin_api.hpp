@@ -9,6 +9,7 @@
 
 #include "api/http_parser.hpp"
 #include "api/http_server.hpp"
+#include "observe/events.hpp"
 #include "observe/metrics.hpp"
 #include "proxy/proxy_server.hpp"
 
@@ -21,7 +22,8 @@ class AdminApi {
         std::function<std::vector<ProxyServer*>()> all_servers;  // live and retiring (metrics)
         std::function<std::string()> reload;                     // "" or the error
         Metrics* metrics = nullptr;
-        std::string token;  // empty: no auth
+        EventLog* events = nullptr;  // GET /api/events; null: always empty
+        std::string token;           // empty: no auth
     };
 
     explicit AdminApi(Hooks hooks) : hooks_(std::move(hooks)) {}
@@ -30,7 +32,15 @@ class AdminApi {
   private:
     HttpResponse route(const HttpRequest& req, const std::vector<std::string>& parts);
     HttpResponse list_proxies();
-    HttpResponse list_connections(ProxyServer& p);
+    HttpResponse list_connections(ProxyServer& p, const HttpRequest& req);
+    HttpResponse connection_route(const HttpRequest& req, ProxyServer& p,
+                                  const std::vector<std::string>& parts);
+    // Runs `act` on the open connection `id` on its own loop; answers with the connection
+    // (200), or 404 (no such connection), 409 (already ending, still connecting) or 400.
+    HttpResponse act_on_connection(ProxyServer& p, uint64_t id,
+                                   const std::function<Session::ApiResult(Session&)>& act);
+    HttpResponse list_events(const HttpRequest& req);
+    HttpResponse status_page(const std::string& name);
     HttpResponse add_rule(ProxyServer& p, const std::string& body);
     HttpResponse replace_rule(ProxyServer& p, const std::string& name, const std::string& body);
     HttpResponse delete_rule(ProxyServer& p, const std::string& name);

@@ -173,6 +173,7 @@ std::string App::apply(const config::Config& cfg) {
             std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p), &pool_);
         server->set_seed(seed_);
         server->set_metrics(&metrics_);
+        server->set_events(&events_);
         int e = server->listen();
         if (e != 0) {
             error = "proxy " + p.name + ": cannot listen on " + p.listen.str() + ": " +
@@ -251,6 +252,7 @@ std::string App::add_proxy(const config::Proxy& p, int* listen_error) {
     auto server = std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p), &pool_);
     server->set_seed(seed_);
     server->set_metrics(&metrics_);
+    server->set_events(&events_);
     server->set_created_at_runtime();
     server->set_on_idle([this] { schedule_reap(); });
     int e = server->listen();
@@ -304,6 +306,7 @@ std::string App::start_admin() {
     };
     hooks.reload = [this] { return reload(); };
     hooks.metrics = &metrics_;
+    hooks.events = &events_;
     hooks.token = cfg_.admin.token;
     api_ = std::make_unique<AdminApi>(std::move(hooks));
     // Browser protections before any route (docs/security.md); the Host rule needs to know

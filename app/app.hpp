@@ -15,6 +15,7 @@
 #include "app/config_watch.hpp"
 #include "config/config.hpp"
 #include "net/worker.hpp"
+#include "observe/events.hpp"
 #include "observe/metrics.hpp"
 #include "proxy/proxy_server.hpp"
 
@@ -71,6 +72,7 @@ class App {
     uv_loop_t loop_{};
     config::Config cfg_;
     Metrics metrics_;
+    EventLog events_;       // the admin API's event timeline, fed by every proxy
     unsigned workers_ = 1;  // fixed for the process's life
     std::unique_ptr<LoopQueue> main_queue_;
     // Declared before the proxies: they hold replicas on these loops.

@@ -171,6 +171,11 @@ struct RuleResult {
     std::vector<Diagnostic> errors;
 };
 
+struct FaultBodyResult {
+    std::optional<FaultSpec> fault;  // set only when errors is empty
+    std::vector<Diagnostic> errors;
+};
+
 // Looks up an environment variable; injectable for tests.
 using EnvLookup = std::optional<std::string> (*)(const std::string& name);
 std::optional<std::string> process_env(const std::string& name);
@@ -186,5 +191,10 @@ LoadResult load_string(const std::string& text, const std::string& source_name,
                        EnvLookup env = process_env);
 // One rule (YAML or JSON text, JSON being YAML), validated exactly as inside a file.
 RuleResult parse_rule(const std::string& text, const std::string& source_name);
+// One fault mapping on its own (`{type: reset, to: client}`, YAML or JSON), read by the same
+// code as a rule's `fault:`, with the same messages and positions; for faults the admin API
+// applies to one open connection. Any kind parses here: the caller decides which scopes it
+// accepts (faults::fault_scope).
+FaultBodyResult parse_fault_body(const std::string& text, const std::string& source_name);
 
 }  // namespace tcpfault::config

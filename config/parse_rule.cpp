@@ -289,4 +289,39 @@ RuleResult parse_rule(const std::string& text, const std::string& source_name) {
     return res;
 }
 
+FaultBodyResult parse_fault_body(const std::string& text, const std::string& source_name) {
+    FaultBodyResult res;
+    if (text.size() > detail::kMaxInputBytes) {
+        res.errors.push_back({source_name, Position{}, "fault too large (the limit is 4 MiB)"});
+        return res;
+    }
+    LineIndex index(text);
+    detail::Reader r(source_name,
+                     [&](const YAML::Mark& m) { return index.at(static_cast<size_t>(m.pos)); });
+    std::optional<FaultSpec> spec;
+    try {
+        if (auto doc = detail::parse_document(r, text)) {
+            Position p = r.pos(*doc);
+            if (p.line == 0) p = Position{1, 1};
+            if (!doc->IsMap()) {
+                r.error(p, "expected a mapping (one fault, like {\"type\": \"reset\"}), found " +
+                               detail::describe(*doc));
+            } else {
+                // The body is what a rule holds under `fault:`, so messages name it the same.
+                detail::Entry e;
+                e.key = "fault";
+                e.label = "fault";
+                e.value = *doc;
+                e.key_pos = p;
+                e.value_pos = p;
+                spec = detail::read_fault(r, e).spec;
+            }
+        }
+    } catch (const detail::Abort&) {
+    }
+    res.errors = r.take_errors();
+    if (res.errors.empty()) res.fault = std::move(spec);
+    return res;
+}
+
 }  // namespace tcpfault::config

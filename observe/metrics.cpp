@@ -79,6 +79,10 @@ void Metrics::declare_rule(const std::string& proxy, const std::string& rule, co
     rule_active_.Add({{"proxy", proxy}, {"rule", rule}});
 }
 
+void Metrics::declare_fault(const std::string& proxy, const std::string& rule, const char* fault) {
+    faults_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}});
+}
+
 Metrics::ProxySeries Metrics::proxy_series(const std::string& proxy) {
     // Series are never removed, so the references stay valid for the process's life.
     return ProxySeries{&connections_.Add({{"proxy", proxy}}),

@@ -21,6 +21,8 @@ class Metrics {
     // Series every proxy shows from its start, so a scrape lists all labels with 0 values.
     void declare_proxy(const std::string& proxy);
     void declare_rule(const std::string& proxy, const std::string& rule, const char* fault);
+    // One tcpfault_faults_total series without a rule behind it (the admin API's label).
+    void declare_fault(const std::string& proxy, const std::string& rule, const char* fault);
 
     // A proxy's per-connection series, looked up once: Family::Add builds a label map,
     // hashes it and takes the family's lock, too much for every accept.

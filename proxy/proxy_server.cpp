@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include <algorithm>
@@ -44,6 +45,7 @@ void ProxyServer::become_replica_of(const ProxyServer& primary, Worker& worker) 
     shared_ = primary.shared_;
     seed_ = primary.seed_;
     metrics_ = primary.metrics_;
+    events_ = primary.events_;
     series_ = primary.series_;
     bound_ = primary.bound_;
     listen_addr_ = primary.listen_addr_;
@@ -222,6 +224,15 @@ void ProxyServer::on_rule_tick() {
                                          {"rule", rule.name},
                                          {"fault", config::fault_name(rule.fault)},
                                          {"open_connections", open}});
+            if (events_ != nullptr) {
+                Event e;
+                e.kind = "fault";
+                e.proxy = cfg_->name;
+                e.rule = rule.name;
+                e.fault = config::fault_name(rule.fault);
+                e.detail = std::to_string(open) + " open connections";
+                events_->add(std::move(e));
+            }
         }
         if (!window) w.engaged = false;
         w.window = window;
@@ -315,6 +326,45 @@ void ProxyServer::for_each_session(const std::function<void(const Session&, unsi
     each_replica([&fn](ProxyServer& r) { r.for_each_session(fn); });
 }
 
+size_t ProxyServer::for_each_session_page(
+    uint64_t after, size_t limit, const std::function<void(const Session&, unsigned)>& fn) const {
+    std::vector<const Session*> page;
+    for (const auto& [id, s] : sessions_)
+        if (id > after) page.push_back(s.get());
+    auto by_id = [](const Session* a, const Session* b) { return a->id() < b->id(); };
+    if (page.size() > limit) {
+        std::nth_element(page.begin(), page.begin() + static_cast<std::ptrdiff_t>(limit),
+                         page.end(), by_id);
+        page.resize(limit);
+    }
+    std::sort(page.begin(), page.end(), by_id);
+    for (const Session* s : page) fn(*s, worker_);
+    size_t total = sessions_.size();
+    each_replica([&](ProxyServer& r) { total += r.for_each_session_page(after, limit, fn); });
+    return total;
+}
+
+bool ProxyServer::with_session(uint64_t id, const std::function<void(Session&, unsigned)>& fn) {
+    auto it = sessions_.find(id);
+    if (it != sessions_.end()) {
+        fn(*it->second, worker_);
+        return true;
+    }
+    // Ids are unique over all loops: the first instance that has it is the one.
+    for (auto& r : replicas_) {
+        bool found = false;
+        ProxyServer* replica = r.server.get();
+        r.worker->queue().run_sync([&] { found = replica->with_session(id, fn); });
+        if (found) return true;
+    }
+    return false;
+}
+
+uint64_t ProxyServer::connections_total() const {
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    return shared_->ordinal + shared_->data_ordinal;
+}
+
 size_t ProxyServer::active() const {
     size_t n = active_.load(std::memory_order_relaxed);
     for (const auto& r : replicas_) n += r.server->active_.load(std::memory_order_relaxed);
@@ -342,9 +392,24 @@ void ProxyServer::session_finished(uint64_t id) {
     auto it = sessions_.find(id);
     if (it == sessions_.end()) return;
     std::vector<std::string> slots = it->second->slots();
-    if (series_.duration != nullptr)
-        series_.duration->Observe(static_cast<double>(uv_now(loop_) - it->second->started_ms()) /
-                                  1000.0);
+    double seconds = static_cast<double>(uv_now(loop_) - it->second->started_ms()) / 1000.0;
+    if (series_.duration != nullptr) series_.duration->Observe(seconds);
+    // The end of a connection a fault acted on completes its story on the timeline.
+    const Session& s = *it->second;
+    if (events_ != nullptr && s.faults_applied_total() > 0) {
+        char took[32];
+        std::snprintf(took, sizeof took, "%.3f s", seconds);
+        Event e;
+        e.kind = "closed";
+        e.proxy = cfg_->name;
+        e.conn = id;
+        e.client = s.client_addr();
+        e.detail = std::string("client: ") + ending_name(s.endings().client) +
+                   ", server: " + ending_name(s.endings().server) + ", after " + took;
+        e.bytes_up = s.bytes_up();
+        e.bytes_down = s.bytes_down();
+        events_->add(std::move(e));
+    }
     sessions_.erase(it);
     active_.store(sessions_.size(), std::memory_order_relaxed);
     if (!slots.empty()) release_slots(slots);
@@ -539,6 +604,34 @@ void ProxyServer::count_suppressed(const config::Rule& rule, uint64_t conn, cons
                                    {"reason", why}});
     if (metrics_ != nullptr)
         metrics_->fault_suppressed(name(), rule.name, config::fault_name(rule.fault));
+    if (events_ != nullptr) {
+        Event e;
+        e.kind = "suppressed";
+        e.proxy = name();
+        e.conn = conn;
+        e.rule = rule.name;
+        e.fault = config::fault_name(rule.fault);
+        e.detail = why;
+        events_->add(std::move(e));
+    }
+}
+
+void ProxyServer::fault_applied(const Session& s, std::string_view rule, const char* fault) {
+    if (events_ == nullptr) return;
+    Event e;
+    e.kind = "fault";
+    e.proxy = name();
+    e.conn = s.id();
+    e.client = s.client_addr();
+    e.rule = rule;
+    e.fault = fault;
+    e.bytes_up = s.bytes_up();
+    e.bytes_down = s.bytes_down();
+    events_->add(std::move(e));
+}
+
+void ProxyServer::count_api_fault(const char* fault) {
+    if (metrics_ != nullptr) metrics_->fault(name(), kApiRule, fault);
 }
 
 void ProxyServer::count_rejected(const char* reason) {
@@ -556,6 +649,10 @@ void ProxyServer::set_metrics(Metrics* m) {
     series_ = metrics_->proxy_series(name());
     for (const auto& r : cfg_->rules)
         metrics_->declare_rule(name(), r.name, config::fault_name(r.fault));
+    // Faults the admin API applies to one connection, so a dashboard finds them at 0.
+    for (const auto& k : faults::fault_kinds())
+        if (k.scope != faults::Scope::proxy)
+            metrics_->declare_fault(name(), kApiRule, k.name.data());
 }
 
 void ProxyServer::sync_metrics() {

@@ -27,6 +27,7 @@
 #include "faults/contracts.hpp"
 #include "ftp/ftp_data_listener.hpp"
 #include "net/worker.hpp"
+#include "observe/events.hpp"
 #include "observe/metrics.hpp"
 #include "proxy/session.hpp"
 
@@ -80,6 +81,15 @@ class ProxyServer final : public FtpDataListener::Owner,
     // Every open session of every instance, with the instance's worker(); `fn` runs on each
     // session's own loop while the caller waits.
     void for_each_session(const std::function<void(const Session&, unsigned)>& fn) const;
+    // A page of the open sessions in id order (oldest first): on each instance's loop, `fn`
+    // sees that instance's `limit` lowest ids above `after` (so the caller, merging the
+    // instances, sorts by id and keeps `limit`). Returns the number of open sessions in all.
+    // Work per call: one pass over the ids, and `fn` at most `limit` times per loop.
+    size_t for_each_session_page(uint64_t after, size_t limit,
+                                 const std::function<void(const Session&, unsigned)>& fn) const;
+    // Runs `fn` on the session with this id, on its own loop, while the caller waits; false
+    // when no instance has it (it never existed, or has ended and been freed).
+    bool with_session(uint64_t id, const std::function<void(Session&, unsigned)>& fn);
     // The rule by that name in the current config, or null.
     const config::Rule* current_rule(const std::string& name) const;
     // Applies one rule to every open connection it matches.
@@ -102,6 +112,8 @@ class ProxyServer final : public FtpDataListener::Owner,
     int listen_error() const { return listen_error_; }
     // Open sessions over all instances.
     size_t active() const;
+    // Connections accepted since the start, all instances (FTP data connections included).
+    uint64_t connections_total() const;
     // Bytes read from the client (upstream) or the server (downstream), all instances.
     uint64_t bytes_total(config::Direction dir) const;
     // True once retired, every handle closed and no session remains, in every instance:
@@ -136,10 +148,16 @@ class ProxyServer final : public FtpDataListener::Owner,
     // A rule's fault could not act (the connection was already ending): logged and counted.
     void count_suppressed(const config::Rule& rule, uint64_t conn, const char* why) override;
     void count_upstream_error(const char* kind) override;
+    void fault_applied(const Session& s, std::string_view rule, const char* fault) override;
+    void count_api_fault(const char* fault) override;
 
     // Metrics: series declared for this proxy and its rules; scrape-time values folded in.
     void set_metrics(Metrics* m);
     void sync_metrics();
+    // The event timeline (faults, suppressed faults, the end of connections a fault acted
+    // on); before listen(). Null: none.
+    void set_events(EventLog* e) { events_ = e; }
+    EventLog* events() const { return events_; }
 
   private:
     struct Replica {
@@ -200,6 +218,7 @@ class ProxyServer final : public FtpDataListener::Owner,
     std::atomic<uint64_t> bytes_down_{0};
     uint64_t seed_ = 0;
     Metrics* metrics_ = nullptr;
+    EventLog* events_ = nullptr;
     Metrics::ProxySeries series_;
     uint64_t synced_up_ = 0;  // bytes already added to the Prometheus counters (primary)
     uint64_t synced_down_ = 0;

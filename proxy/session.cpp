@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "faults/fault_list.hpp"
 #include "net/uv_util.hpp"
 #include "observe/log.hpp"
 
@@ -149,6 +150,41 @@ std::string Session::state() const {
                        : connected_ ? "open"
                                     : "connecting") +
            " (client: " + name(client_) + ", server: " + name(upstream_) + ")";
+}
+
+// ---------------------------------------------------------------------------------------------
+// faults injected, and the admin API acting on this connection
+
+void Session::log_injected(std::string_view rule, const char* fault) {
+    log::info("fault injected", {{"proxy", cfg_->name},
+                                 {"conn", id_},
+                                 {"client", client_addr_},
+                                 {"rule", rule},
+                                 {"fault", fault},
+                                 {"bytes_up", up_.forwarded()},
+                                 {"bytes_down", down_.forwarded()}});
+    ++applied_total_;
+    if (applied_.size() < kMaxFaultsListed) applied_.push_back({std::string(rule), fault});
+    server_.fault_applied(*this, rule, fault);
+}
+
+Session::ApiResult Session::apply_api_fault(const config::FaultSpec& f, const std::string& label,
+                                            bool while_connecting) {
+    if (ending_) return ApiResult::ending;
+    if (!connected_ && !while_connecting) return ApiResult::connecting;
+    if (faults::fault_scope(f) == faults::Scope::proxy) return ApiResult::proxy_scope;
+    const char* name = config::fault_name(f);
+    server_.count_api_fault(name);
+    log_injected(label, name);
+    faults::apply_fault(f, *this, label);
+    return ApiResult::applied;
+}
+
+Session::ApiResult Session::lift_api_faults(const std::string& label) {
+    if (ending_) return ApiResult::ending;
+    lift_rule(label);
+    log::info("fault lifted", {{"proxy", cfg_->name}, {"conn", id_}, {"rule", label}});
+    return ApiResult::applied;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -39,6 +39,10 @@ namespace tcpfault {
 
 class Session;
 
+// The rule label of faults applied over the admin API to one connection (metrics, logs, the
+// timeline, the stages they install). Rule names are [a-z0-9_-]+, so it names no rule.
+inline constexpr const char* kApiRule = "@api";
+
 // What a session needs from the proxy that owns it: admission, counters and its own end.
 class SessionOwner {
   public:
@@ -62,6 +66,10 @@ class SessionOwner {
     virtual bool is_own_listener(const sockaddr_storage& target) const = 0;
     // Every handle of the session has closed: the owner frees it.
     virtual void session_finished(uint64_t id) = 0;
+    // A fault acted on the session (a rule's, or the admin API's): the event timeline hears.
+    virtual void fault_applied(const Session& s, std::string_view rule, const char* fault) = 0;
+    // A fault applied over the admin API is counted like a rule's (tcpfault_faults_total).
+    virtual void count_api_fault(const char* fault) = 0;
 
   protected:
     ~SessionOwner() = default;
@@ -126,6 +134,28 @@ class Session final : public FtpControl::Host,
     // "open", "ending", and each socket's state, for the connection listing.
     std::string state() const;
 
+    // The admin API acting on this one connection now.
+    enum class ApiResult { applied, ending, connecting, proxy_scope };
+    // Applies a connection or stage fault now, as if a rule called `label` had fired: logged,
+    // counted and on the timeline like a rule's fault. Refused for a proxy fault (cap, refuse,
+    // restart act on the listener), on a connection already ending, and on one still connecting
+    // unless `while_connecting` (a fault that only ends the connection can act then).
+    ApiResult apply_api_fault(const config::FaultSpec& f, const std::string& label,
+                              bool while_connecting = false);
+    // Lifts the stages faults labelled `label` installed, as disabling a rule lifts its own.
+    ApiResult lift_api_faults(const std::string& label);
+    // The faults that acted on this connection, in order (rule name or API label, fault type);
+    // the first kMaxFaultsListed of faults_applied_total().
+    struct AppliedFault {
+        std::string rule;
+        std::string fault;
+    };
+    static constexpr size_t kMaxFaultsListed = 32;
+    const std::vector<AppliedFault>& faults_applied() const { return applied_; }
+    uint64_t faults_applied_total() const { return applied_total_; }
+    // Each side's ending once ending() (Ending::none before).
+    faults::Endings endings() const { return endings_; }
+
     // FtpControl::Host
     bool local_addr(bool client_side, sockaddr_storage* out) const override;
     bool server_peer_addr(sockaddr_storage* out) const override;
@@ -154,6 +184,8 @@ class Session final : public FtpControl::Host,
 
     // The one way into `ending`.
     void end_connection(faults::Endings e, std::string_view why, const config::Rule* rule);
+    // "fault injected", logged once per fault, and the fault noted for the listing and timeline.
+    void log_injected(std::string_view rule, const char* fault);
     void end_side(faults::Side s);
     void check_finished();
     void maybe_free();
@@ -235,6 +267,8 @@ class Session final : public FtpControl::Host,
     uint64_t reap_check_us_ = 0;  // under an endless stage: next look at whether both peers left
 
     std::vector<AppliedRule> rules_;
+    std::vector<AppliedFault> applied_;
+    uint64_t applied_total_ = 0;
     std::vector<std::string> slots_;
     // Config snapshots owning rules applied at runtime (reload, API) beyond cfg_.
     std::vector<std::shared_ptr<const config::Proxy>> keep_alive_;

@@ -164,13 +164,7 @@ void Session::fire(size_t i) {
 }
 
 void Session::log_fault(const config::Rule& rule) {
-    log::info("fault injected", {{"proxy", cfg_->name},
-                                 {"conn", id_},
-                                 {"client", client_addr_},
-                                 {"rule", rule.name},
-                                 {"fault", config::fault_name(rule.fault)},
-                                 {"bytes_up", up_.forwarded()},
-                                 {"bytes_down", down_.forwarded()}});
+    log_injected(rule.name, config::fault_name(rule.fault));
 }
 
 void Session::arm_rule_timers() {

@@ -16,9 +16,10 @@ from admin_helpers import Admin, admin_port, raw_http, response_json, start_with
 from helpers import connect, read_outcome, recv_exact
 
 RULE_KEYS = {"name", "fault", "enabled", "active", "fired"}
-PROXY_KEYS = {"name", "listen", "upstream", "protocol", "active_connections", "rules"}
+PROXY_KEYS = {"name", "listen", "upstream", "protocol", "active_connections",
+              "connections_total", "bytes_upstream", "bytes_downstream", "rules"}
 CONN_KEYS = {"id", "client", "age_seconds", "bytes_upstream", "bytes_downstream", "worker",
-             "rules"}
+             "rules", "state", "faults"}
 
 
 def is_error(r, status: int, contains: str = "") -> None:
@@ -260,12 +261,12 @@ def test_wrong_method_405_and_unknown_path_404(tcpfault, servers):
         ("PUT", "/api/reload"), ("GET", "/api/proxies/p/restart"),
         ("DELETE", "/api/proxies/p/rules"), ("PATCH", "/api/proxies/p/rules/r"),
         ("POST", "/api/proxies/p/rules/r"), ("GET", "/api/proxies/p/rules/r/enable"),
-        ("DELETE", "/api/proxies/p/rules/r/disable"),
+        ("DELETE", "/api/proxies/p/rules/r/disable"), ("POST", "/"), ("DELETE", "/status.js"),
     ]:
         r = api.request(method, path)
         assert r.status == 405, f"{method} {path}: expected 405, got {r}"
         is_error(r, 405)
-    for path in ["/", "/nope", "/api", "/api/nope", "/api/proxies/p/nope",
+    for path in ["/nope", "/nope.css", "/status.js/x", "/api", "/api/nope", "/api/proxies/p/nope",
                  "/api/proxies/p/rules/r/nope", "/api/proxies/p/rules/r/enable/x",
                  "/metrics/x", "/healthz/x"]:
         r = api.get(path)

@@ -159,7 +159,8 @@ def test_prometheus_scrapes_injected_faults(tcpfault, servers, prometheus_factor
     prom.wait_query('up{job="tcpfault"}',
                     lambda r: len(r) == 1 and sample_value(r[0]) == 1, 30,
                     "tcpfault target up")
-    res = prom.wait_query('tcpfault_faults_total', lambda r: len(r) == 1, 30,
+    # (The rule's series; the admin API's per-connection ones, rule="@api", are there too.)
+    res = prom.wait_query('tcpfault_faults_total{rule="kill"}', lambda r: len(r) == 1, 30,
                           "declared tcpfault_faults_total series")
     assert sample_value(res[0]) == 0, res
 
@@ -178,7 +179,7 @@ def test_prometheus_scrapes_injected_faults(tcpfault, servers, prometheus_factor
     assert outcome == "reset"
     p.wait_for_log("fault injected", rule="kill")
 
-    res = prom.wait_query('tcpfault_faults_total',
+    res = prom.wait_query('tcpfault_faults_total{rule="kill"}',
                           lambda r: len(r) == 1 and sample_value(r[0]) >= 1, 30,
                           "tcpfault_faults_total >= 1")
     m = res[0]["metric"]

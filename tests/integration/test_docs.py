@@ -20,12 +20,13 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from admin_helpers import start_with_admin
-from helpers import BIN, SOURCE_DIR, run_tcpfault
+from helpers import BIN, SOURCE_DIR, connect, run_tcpfault
 
 DOCS = SOURCE_DIR / "docs"
 README = SOURCE_DIR / "README.md"
@@ -230,19 +231,37 @@ def test_documented_admin_routes_answer_as_documented(tcpfault, servers):
             {"name": "doc-added", "fault": {"type": "latency", "delay": "1ms"}},
         ("PUT", "/api/proxies/{p}/rules/{r}"):
             {"name": "r", "fault": {"type": "latency", "delay": "2ms"}},
+        ("POST", "/api/proxies/{p}/connections/{id}/fault"):
+            {"type": "latency", "delay": "1ms"},
     }
-    # Deleting comes last, so every other call still finds the rule.
-    rows.sort(key=lambda row: row[0] == "DELETE")
+    # Connection {id} is lifted, then reset, before the restart resets every connection;
+    # deleting comes last, so every other call still finds the rule.
+    order = {("DELETE", "/api/proxies/{p}/connections/{id}/fault"): 1,
+             ("DELETE", "/api/proxies/{p}/connections/{id}"): 2,
+             ("POST", "/api/proxies/{p}/restart"): 3}
+    rows.sort(key=lambda row: order.get(row[:2], 4 if row[0] == "DELETE" else 0))
     echo = servers.echo()
     proc, admin = start_with_admin(
         tcpfault, [{"name": "p", "upstream": echo.addr,
                     "rules": ["{name: r, fault: {type: latency, delay: 1ms}}"]}])
+    # {id}: an open connection of proxy p, connected to its upstream.
+    client = connect(proc.addr("p"))
+    local = "%s:%d" % client.getsockname()[:2]
+    deadline = time.monotonic() + 5
+    while True:
+        conns = [c for c in admin.request("GET", "/api/proxies/p/connections").json()
+                 if c["client"] == local and c["state"].startswith("open")]
+        if conns or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)  # polled: the listing is the only way to see it connected
+    assert conns, f"connection from {local} not listed as open"
     wrong = []
-    for method, path, status in rows:
-        url = path.replace("{p}", "p").replace("{r}", "r")
-        r = admin.request(method, url, body=bodies.get((method, path)))
-        if r.status != int(status):
-            wrong.append(f"{method} {url}: {r.status} {r.body[:200]!r}, documented {status}")
+    with client:
+        for method, path, status in rows:
+            url = path.replace("{p}", "p").replace("{r}", "r").replace("{id}", str(conns[0]["id"]))
+            r = admin.request(method, url, body=bodies.get((method, path)))
+            if r.status != int(status):
+                wrong.append(f"{method} {url}: {r.status} {r.body[:200]!r}, documented {status}")
     assert not wrong, "documented admin routes that do not answer as documented:\n" + \
         "\n".join(wrong)
     assert proc.stop(10) == 0

@@ -251,7 +251,8 @@ def test_malformed_requests_get_4xx_and_never_disturb_the_proxy(target):
 
 
 UNKNOWN = [
-    ("GET", "/", 404), ("GET", "/nope", 404), ("GET", "/api", 404), ("GET", "/api/nope", 404),
+    ("POST", "/", 405), ("GET", "/nope.js", 404), ("GET", "/status.js/x", 404),
+    ("GET", "/nope", 404), ("GET", "/api", 404), ("GET", "/api/nope", 404),
     ("GET", "/api/proxies/nope", 404), ("GET", "/api/proxies/main/nope", 404),
     ("GET", "/api/proxies/main/rules/nope", 404),
     ("POST", "/api/proxies/main/rules/nope/enable", 404),

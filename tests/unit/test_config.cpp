@@ -1145,6 +1145,74 @@ TEST_CASE("parse_rule reports errors like the file loader") {
           "bytes)");
 }
 
+// ---------------------------------------------------------------------------------------------
+// parse_fault_body: one fault, for the admin API's per-connection faults
+
+TEST_CASE("parse_fault_body reads a fault as a rule's fault: is read") {
+    auto r = parse_fault_body(R"({"type": "reset", "to": "client", "flush": false})", "body");
+    CHECK(r.errors.empty());
+    REQUIRE(r.fault);
+    const auto& reset = std::get<ResetFault>(*r.fault);
+    CHECK(reset.to == Target::client);
+    CHECK_FALSE(reset.flush);
+
+    r = parse_fault_body("type: close\nclient: fin_then_reset\nserver: reset_now\n", "body");
+    REQUIRE(r.fault);
+    CHECK(std::get<CloseFault>(*r.fault).client == tcpfault::Ending::fin_then_reset);
+
+    r = parse_fault_body(R"({"type": "stall", "duration": "2s", "direction": "both"})", "body");
+    REQUIRE(r.fault);
+    CHECK(std::get<StallFault>(*r.fault).duration == 2s);
+
+    // Proxy kinds parse too: which scopes it accepts is the caller's choice.
+    r = parse_fault_body("{type: cap, max: 2}", "body");
+    REQUIRE(r.fault);
+    CHECK(tcpfault::faults::fault_scope(*r.fault) == tcpfault::faults::Scope::proxy);
+}
+
+TEST_CASE("parse_fault_body reports errors with the rule parser's messages and positions") {
+    // The same fault inside a rule and on its own: the same message.
+    auto rule = parse_rule(R"({"name":"x","fault":{"type":"reset","rate":"1KiB/s"}})", "body");
+    auto body = parse_fault_body(R"({"type":"reset","rate":"1KiB/s"})", "body");
+    REQUIRE(rule.errors.size() == 1);
+    REQUIRE(body.errors.size() == 1);
+    CHECK(body.errors[0].message == rule.errors[0].message);
+    CHECK(body.errors[0].str() ==
+          "body:1:17: unknown key \"rate\" for fault type \"reset\" (expected one of: to, flush, "
+          "client, server)");
+    CHECK_FALSE(body.fault);
+
+    body = parse_fault_body("type: rst\n", "request body");
+    REQUIRE(body.errors.size() == 1);
+    CHECK(body.errors[0].str().starts_with(
+        "request body:1:7: unknown fault type \"rst\" (expected one of: reset, close, stall"));
+
+    body = parse_fault_body("type: latency\ndelay: soon\n", "body");
+    REQUIRE(body.errors.size() == 1);
+    CHECK(body.errors[0].str().starts_with("body:2:8: "));
+
+    body = parse_fault_body("{to: client}", "body");
+    REQUIRE(body.errors.size() == 1);
+    CHECK(body.errors[0].str() == "body:1:1: fault is missing required key \"type\"");
+
+    body = parse_fault_body("", "body");
+    REQUIRE(body.errors.size() == 1);
+    CHECK(body.errors[0].str() ==
+          "body:1:1: expected a mapping (one fault, like {\"type\": \"reset\"}), found nothing");
+
+    body = parse_fault_body("[reset]", "body");
+    REQUIRE(body.errors.size() == 1);
+    CHECK(body.errors[0].message.ends_with("found a sequence"));
+
+    body = parse_fault_body(R"({"type": "reset", "to": "client", "client": "fin"})", "body");
+    CHECK_FALSE(body.errors.empty());
+    CHECK_FALSE(body.fault);
+
+    body = parse_fault_body(std::string(5000, '{'), "body");
+    REQUIRE(body.errors.size() == 1);
+    CHECK(body.errors[0].message.find("nesting deeper than 256") != std::string::npos);
+}
+
 TEST_CASE("slow_close: delay is required, direction defaults to both") {
     auto ok = tcpfault::config::parse_rule(
         "{name: sc, fault: {type: slow_close, delay: 500ms, direction: downstream}}", "t");
