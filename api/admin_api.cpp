@@ -212,7 +212,8 @@ HttpResponse AdminApi::list_connections(ProxyServer& p) {
                            {"bytes_upstream", s.bytes_up()},
                            {"bytes_downstream", s.bytes_down()},
                            {"worker", worker},
-                           {"rules", std::move(rules)}});
+                           {"rules", std::move(rules)},
+                           {"blackholed", s.blackholed()}});
     });
     return json(200, out);
 }
