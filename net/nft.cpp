@@ -67,13 +67,21 @@ std::string first_line(const char* text) {
     return s.empty() ? "nftables failed" : s;
 }
 
-// CAP_NET_ADMIN is among this process's effective capabilities (in its user namespace).
-// Asked before libnftables is: without it, libnftables prints to stderr on its own.
+// CAP_NET_ADMIN is among this process's effective capabilities (in its user namespace),
+// raised there from the permitted set if need be: the image's binary carries it as a permitted
+// file capability only (`setcap cap_net_admin=p`), so a container started without it still
+// runs, and one given it (`--cap-add NET_ADMIN`) has it although it runs as a non-root user.
+// Asked before libnftables is: without the capability, libnftables prints to stderr itself.
 bool has_net_admin() {
     __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
     __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
     if (syscall(SYS_capget, &hdr, data) != 0) return true;  // unknown: let nftables tell
-    return (data[CAP_NET_ADMIN / 32].effective & (1u << (CAP_NET_ADMIN % 32))) != 0;
+    const unsigned word = CAP_NET_ADMIN / 32;
+    const uint32_t bit = 1u << (CAP_NET_ADMIN % 32);
+    if ((data[word].effective & bit) != 0) return true;
+    if ((data[word].permitted & bit) == 0) return false;
+    data[word].effective |= bit;
+    return syscall(SYS_capset, &hdr, data) == 0;
 }
 
 uint64_t elapsed_us(std::chrono::steady_clock::time_point t0) {
