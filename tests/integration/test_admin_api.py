@@ -18,7 +18,7 @@ from helpers import connect, read_outcome, recv_exact
 RULE_KEYS = {"name", "fault", "enabled", "active", "fired"}
 PROXY_KEYS = {"name", "listen", "upstream", "protocol", "active_connections", "rules"}
 CONN_KEYS = {"id", "client", "age_seconds", "bytes_upstream", "bytes_downstream", "worker",
-             "rules"}
+             "rules", "blackholed"}
 
 
 def is_error(r, status: int, contains: str = "") -> None:
@@ -146,6 +146,7 @@ def test_connections_listing_shows_open_connection_with_bytes(tcpfault, servers)
         assert c["bytes_upstream"] == 1234 and c["bytes_downstream"] == 1234, c
         assert isinstance(c["age_seconds"], (int, float)) and 0 <= c["age_seconds"] < 10, c
         assert c["rules"] == ["slow"], c
+        assert c["blackholed"] is False, c
 
         # a second connection is listed too, with its own id and counters
         with connect(p.addr("p")) as s2:
