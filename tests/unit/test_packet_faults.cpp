@@ -76,8 +76,11 @@ TEST_CASE("blackhole: errors") {
           "t.yaml:7:40: fault type \"blackhole\" with then: reset requires a duration");
     CHECK(one_error(fault("{type: blackhole, duration: 0s}")) ==
           "t.yaml:7:44: fault.duration: must be greater than 0, found \"0s\"");
-    CHECK(one_error(fault("{type: blackhole, side: left}"))
-              .find("invalid value \"left\" for fault.side (expected one of: client, server, both)") != std::string::npos);
+    CHECK(
+        one_error(fault("{type: blackhole, side: left}"))
+            .find(
+                "invalid value \"left\" for fault.side (expected one of: client, server, both)") !=
+        std::string::npos);
     CHECK(one_error(fault("{type: blackhole, rate: 5%}"))
               .find("unknown key \"rate\" for fault type \"blackhole\"") != std::string::npos);
 }
