@@ -89,7 +89,8 @@ Json connection_json(const Session& s, unsigned worker) {
                 {"worker", worker},
                 {"rules", std::move(rules)},
                 {"state", s.state()},
-                {"faults", std::move(faults)}};
+                {"faults", std::move(faults)},
+                {"blackholed", s.blackholed()}};
 }
 
 // "2026-12-07T02:44:19.908Z"

@@ -103,6 +103,7 @@ int App::run() {
             return 2;
         }
     }
+    open_packet_filter();
     config::LoadResult r = load();
     if (!r.config) {
         for (const auto& d : r.errors) log::error("config error", {{"error", d.str()}});
@@ -110,6 +111,11 @@ int App::run() {
     }
     cfg_ = std::move(*r.config);
     log::configure(cfg_.log.level, cfg_.log.format);
+    if (packet_filter_)
+        log::debug("packet filter ready", {{"nftables_table", "inet " + packet_filter_->table()}});
+    else
+        log::debug("no packet filter: blackhole, loss and drop_syn rules are refused",
+                   {{"reason", packet_filter_error_}});
     log_warnings(r.warnings);
     // The file's own toxiproxy section was checked by the loader; a flag may have turned the
     // Toxiproxy API on since.
@@ -174,6 +180,7 @@ std::string App::apply(const config::Config& cfg) {
         server->set_seed(seed_);
         server->set_metrics(&metrics_);
         server->set_events(&events_);
+        server->set_packet_filter(packet_filter_.get());
         int e = server->listen();
         if (e != 0) {
             error = "proxy " + p.name + ": cannot listen on " + p.listen.str() + ": " +
@@ -253,6 +260,7 @@ std::string App::add_proxy(const config::Proxy& p, int* listen_error) {
     server->set_seed(seed_);
     server->set_metrics(&metrics_);
     server->set_events(&events_);
+    server->set_packet_filter(packet_filter_.get());
     server->set_created_at_runtime();
     server->set_on_idle([this] { schedule_reap(); });
     int e = server->listen();
@@ -278,6 +286,11 @@ bool App::remove_proxy(const std::string& name) {
         return true;
     }
     return false;
+}
+
+void App::open_packet_filter() {
+    packet_filter_ = NftFilter::open(&packet_filter_error_);
+    config::set_packet_filter(packet_filter_ != nullptr, packet_filter_error_);
 }
 
 void App::start_workers() {

@@ -14,6 +14,7 @@
 #include "app/cli.hpp"
 #include "app/config_watch.hpp"
 #include "config/config.hpp"
+#include "net/nft.hpp"
 #include "net/worker.hpp"
 #include "observe/events.hpp"
 #include "observe/metrics.hpp"
@@ -60,6 +61,9 @@ class App {
     // Running without a config file to reload (-l/-u, or toxiproxy-server without -c).
     bool without_file() const;
     void start_workers();
+    // Tries once to create this process's nftables table (the packet faults need it, and
+    // CAP_NET_ADMIN to make it) and tells the config loader whether it could.
+    void open_packet_filter();
     // Starts or stops the config file watch as --watch and the file's `watch:` ask;
     // "" or why it cannot watch.
     std::string update_watch();
@@ -77,6 +81,9 @@ class App {
     std::unique_ptr<LoopQueue> main_queue_;
     // Declared before the proxies: they hold replicas on these loops.
     WorkerPool pool_;
+    // Before the proxies, whose sessions hold drops in it. Null without CAP_NET_ADMIN.
+    std::unique_ptr<NftFilter> packet_filter_;
+    std::string packet_filter_error_;  // why there is none
     std::unique_ptr<AdminApi> api_;
     std::unique_ptr<HttpServer> admin_;
     std::unique_ptr<ToxiproxyApi> toxi_api_;

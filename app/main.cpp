@@ -6,6 +6,36 @@
 #include "app/app.hpp"
 #include "app/cli.hpp"
 #include "config/config.hpp"
+#include "net/nft.hpp"
+
+namespace {
+// `--check`: the rules that drop packets need CAP_NET_ADMIN; says which, and whether this
+// process has it (by creating its nftables table, which goes when it exits).
+void check_packet_rules(const std::string& file, const tcpfault::config::Config& cfg) {
+    using tcpfault::config::Diagnostic;
+    size_t n = 0;
+    for (const auto& p : cfg.proxies) {
+        for (const auto& r : p.rules) {
+            if (!tcpfault::faults::drops_packets(r.fault)) continue;
+            ++n;
+            Diagnostic d{file, r.pos,
+                         "note: rule \"" + r.name + "\" of proxy \"" + p.name +
+                             "\" (fault type \"" + tcpfault::config::fault_name(r.fault) +
+                             "\") drops packets with nftables: it needs CAP_NET_ADMIN"};
+            std::fprintf(stderr, "%s\n", d.str().c_str());
+        }
+    }
+    if (n == 0) return;
+    std::string why;
+    Diagnostic d{file, {}, ""};
+    if (tcpfault::NftFilter::open(&why))
+        d.message = "note: this process has CAP_NET_ADMIN (it could create an nftables table)";
+    else
+        d.message = "warning: this process cannot drop packets (" + why +
+                    "): started like this, tcpfault would refuse the rules above";
+    std::fprintf(stderr, "%s\n", d.str().c_str());
+}
+}  // namespace
 
 int main(int argc, char** argv) {
     using tcpfault::Options;
@@ -51,6 +81,7 @@ int main(int argc, char** argv) {
                 w.message = "warning: " + w.message;
                 std::fprintf(stderr, "%s\n", w.str().c_str());
             }
+            check_packet_rules(o.config_path, *r.config);
             size_t n = r.config->proxies.size();
             std::printf("%s: ok (%zu %s)\n", o.config_path.c_str(), n,
                         n == 1 ? "proxy" : "proxies");

@@ -105,13 +105,16 @@ struct When {
 // The fault kinds live in faults/ (one file each, listed in faults/fault_list.hpp); the
 // config layer names them too, as the parsed rule's `fault`.
 using faults::BandwidthFault;
+using faults::BlackholeFault;
 using faults::CapFault;
 using faults::ClampFault;
 using faults::CloseFault;
+using faults::DropSynFault;
 using faults::fault_name;
 using faults::FaultSpec;
 using faults::IdleFault;
 using faults::LatencyFault;
+using faults::LossFault;
 using faults::RefuseFault;
 using faults::ResetFault;
 using faults::RestartFault;
@@ -175,6 +178,13 @@ struct FaultBodyResult {
     std::optional<FaultSpec> fault;  // set only when errors is empty
     std::vector<Diagnostic> errors;
 };
+
+// Faults that drop packets (blackhole, loss, drop_syn; faults::drops_packets) need
+// CAP_NET_ADMIN. The process says once, at start and before it reads any config, whether it
+// can drop packets (it tried to create its nftables table) and, if not, why: from then on a
+// rule that needs it is rejected wherever it is read (file, reload, admin API), naming the
+// capability and the rule. Until then (`--check`) rules are not checked for it.
+void set_packet_filter(bool available, std::string why_not = "");
 
 // Looks up an environment variable; injectable for tests.
 using EnvLookup = std::optional<std::string> (*)(const std::string& name);

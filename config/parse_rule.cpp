@@ -22,6 +22,17 @@ const std::vector<std::string_view> kWhenKeys = {"direction",   "data",  "line",
 constexpr size_t kMaxRegexLength = 1000;
 constexpr int64_t kMaxRegexProgramMemory = 1 << 20;
 
+// Whether this process can drop packets (set_packet_filter); unknown until the process says.
+struct PacketFilterState {
+    bool known = false;
+    bool available = false;
+    std::string why_not;
+};
+PacketFilterState& packet_filter_state() {
+    static PacketFilterState s;
+    return s;
+}
+
 const faults::FaultKind& kind(size_t type) {
     return faults::fault_kinds()[type];
 }
@@ -251,6 +262,18 @@ RuleResultInternal read_rule(Reader& r, const YAML::Node& node, Position where,
             rule.when = read_when(r, *e);
         }
     }
+    const PacketFilterState& pf = packet_filter_state();
+    if (fault.spec && faults::drops_packets(*fault.spec) && pf.known && !pf.available) {
+        r.error(
+            f->get("fault")->value_pos,
+            "rule " + quote(out.name.value_or("")) + ": fault type " +
+                quote(kind(*fault.type).name) +
+                " drops packets with nftables and needs CAP_NET_ADMIN, but this process "
+                "cannot drop packets (" +
+                pf.why_not +
+                "); run tcpfault with CAP_NET_ADMIN (docker run --cap-add NET_ADMIN; Kubernetes "
+                "securityContext.capabilities.add: [NET_ADMIN]) or remove the rule");
+    }
     if (r.error_count() == before && fault.spec) {
         rule.fault = std::move(*fault.spec);
         out.rule = std::move(rule);
@@ -261,6 +284,13 @@ RuleResultInternal read_rule(Reader& r, const YAML::Node& node, Position where,
 }  // namespace tcpfault::config::detail
 
 namespace tcpfault::config {
+
+void set_packet_filter(bool available, std::string why_not) {
+    detail::PacketFilterState& s = detail::packet_filter_state();
+    s.known = true;
+    s.available = available;
+    s.why_not = std::move(why_not);
+}
 
 RuleResult parse_rule(const std::string& text, const std::string& source_name) {
     RuleResult res;

@@ -9,12 +9,14 @@
 set -euo pipefail
 what="${1:-test}"
 
-runtime=(libuv1 libyaml-cpp0.7 libprometheus-cpp-core1.0 libre2-9 libstdc++6)
+# libnftables1 and the libraries it loads (the image check compares this list with ldd's).
+runtime=(libuv1 libyaml-cpp0.7 libprometheus-cpp-core1.0 libre2-9 libstdc++6
+         libnftables1 libmnl0 libnftnl11 libxtables12 libjansson4 libgmp10)
 build=(build-essential cmake ninja-build pkg-config libuv1-dev libyaml-cpp-dev prometheus-cpp-dev doctest-dev
-       libre2-dev nlohmann-json3-dev)
+       libre2-dev nlohmann-json3-dev libnftables-dev libcap2-bin)
 test=(python3 python3-pytest python3-pytest-timeout python3-yaml iproute2 procps tcpdump curl prometheus man-db
       python3-pyftpdlib vsftpd lftp swaks python3-aiosmtpd clang libclang-rt-14-dev python3-kubernetes
-      chromium chromium-driver python3-selenium)
+      chromium chromium-driver python3-selenium nftables)
 bench=(iperf3 socat haproxy)
 image=(podman mmdebstrap eatmydata gpg debian-archive-keyring)
 

@@ -4,7 +4,9 @@
 //    hold or release the stream's end;
 //  - an action on one connection (reset, close, idle, clamp), through the Connection interface:
 //    end it with a named ending per side, add stages, set socket options;
-//  - a proxy-wide fault (cap, refuse, restart), through ProxyControl.
+//  - a proxy-wide fault (cap, refuse, restart, drop_syn), through ProxyControl;
+//  - below the socket (blackhole, loss): packets of the connection dropped through its
+//    PacketFilter (net/packet_filter.hpp), the drop's handle kept by the connection.
 // The proxy layer (proxy/session, proxy/pipe, proxy/proxy_server) implements Connection and
 // ProxyControl and runs the stages; faults/ never sees a socket handle or an event loop.
 #pragma once
@@ -18,6 +20,7 @@
 #include "config/types.hpp"
 #include "faults/rng.hpp"
 #include "net/ending.hpp"
+#include "net/packet_filter.hpp"
 
 namespace tcpfault::faults {
 
@@ -135,6 +138,20 @@ class Connection {
     // The clock stages run on (µs, uv_hrtime).
     virtual uint64_t now_us() const = 0;
 
+    // Below the socket. The local and peer address of a side's socket (false: it has none).
+    virtual bool addresses(Side s, sockaddr_storage* local, sockaddr_storage* peer) = 0;
+    // Bytes written toward a side that its peer has not acknowledged yet (in our queue or the
+    // kernel's).
+    virtual uint64_t unacknowledged(Side s) = 0;
+    // The packet filter (null when this process has none: no CAP_NET_ADMIN; rules that need
+    // it are rejected before they reach a connection).
+    virtual PacketFilter* packet_filter() = 0;
+    // Keeps a drop for `rule` until release_packet_drops(rule), until the rule is lifted, or
+    // until the connection starts ending (first thing, so its FIN or RST gets through).
+    virtual void keep_packet_drop(std::string_view rule,
+                                  std::unique_ptr<PacketFilter::Handle> h) = 0;
+    virtual void release_packet_drops(std::string_view rule) = 0;
+
   protected:
     ~Connection() = default;
 };
@@ -144,6 +161,8 @@ class ProxyControl {
   public:
     // Resets every open connection now and refuses new ones for `downtime`.
     virtual void restart(config::Duration downtime) = 0;
+    // Drops the SYNs sent to the listening address while on (drop_syn): connect() times out.
+    virtual void set_syn_drop(bool on) = 0;
 
   protected:
     ~ProxyControl() = default;

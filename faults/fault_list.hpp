@@ -5,15 +5,19 @@
 #pragma once
 
 #include <string_view>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
 #include "faults/bandwidth.hpp"
+#include "faults/blackhole.hpp"
 #include "faults/cap.hpp"
 #include "faults/clamp.hpp"
 #include "faults/close.hpp"
+#include "faults/drop_syn.hpp"
 #include "faults/idle.hpp"
 #include "faults/latency.hpp"
+#include "faults/loss.hpp"
 #include "faults/refuse.hpp"
 #include "faults/reset.hpp"
 #include "faults/restart.hpp"
@@ -25,7 +29,8 @@ namespace tcpfault::faults {
 
 using FaultSpec =
     std::variant<ResetFault, CloseFault, StallFault, LatencyFault, BandwidthFault, SliceFault,
-                 ClampFault, CapFault, RefuseFault, IdleFault, RestartFault, SlowCloseFault>;
+                 ClampFault, CapFault, RefuseFault, IdleFault, RestartFault, SlowCloseFault,
+                 BlackholeFault, LossFault, DropSynFault>;
 
 // The YAML name of a fault ("reset", "close", ...), as used in metric labels.
 inline const char* fault_name(const FaultSpec& f) {
@@ -33,6 +38,18 @@ inline const char* fault_name(const FaultSpec& f) {
 }
 inline Scope fault_scope(const FaultSpec& f) {
     return std::visit([](const auto& x) { return x.kScope; }, f);
+}
+
+// Faults that drop packets below the socket (nftables, `kDropsPackets`): they need
+// CAP_NET_ADMIN.
+inline bool drops_packets(const FaultSpec& f) {
+    return std::visit(
+        [](const auto& x) {
+            return requires {
+                std::decay_t<decltype(x)>::kDropsPackets;
+            };
+        },
+        f);
 }
 
 // One entry per kind, in list order.

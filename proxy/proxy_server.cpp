@@ -44,6 +44,7 @@ void ProxyServer::become_replica_of(const ProxyServer& primary, Worker& worker) 
     replica_ = true;
     shared_ = primary.shared_;
     seed_ = primary.seed_;
+    packet_filter_ = primary.packet_filter_;
     metrics_ = primary.metrics_;
     events_ = primary.events_;
     series_ = primary.series_;
@@ -146,6 +147,7 @@ void ProxyServer::stop_accepting() {
     retired_ = true;
     want_listen_ = false;
     close_listener();
+    syn_drop_.reset();
     for (auto& [id, l] : data_listeners_) l->close();
     if (clock_open_) uv_close(reinterpret_cast<uv_handle_t*>(&clock_), on_clock_closed);
     each_replica([](ProxyServer& r) { r.stop_accepting(); });
@@ -186,13 +188,14 @@ void ProxyServer::on_clock_closed(uv_handle_t* h) {
     if (self->on_idle_) self->on_idle_();
 }
 
-// `refuse` and `restart` follow their schedule windows; a 10 ms tick is finer than any window
-// a test or user sets, and only proxies with such rules pay for it.
+// `refuse`, `restart` and `drop_syn` follow their schedule windows; a 10 ms tick is finer than
+// any window a test or user sets, and only proxies with such rules pay for it.
 void ProxyServer::start_rule_clock() {
     bool needed = false;
     for (const auto& r : cfg_->rules) {
         needed = needed || std::holds_alternative<config::RefuseFault>(r.fault) ||
-                 std::holds_alternative<config::RestartFault>(r.fault);
+                 std::holds_alternative<config::RestartFault>(r.fault) ||
+                 std::holds_alternative<config::DropSynFault>(r.fault);
     }
     // Replicas follow their primary's clock.
     if (!needed || clock_open_ || retired_ || replica_) return;
@@ -210,10 +213,12 @@ void ProxyServer::on_rule_tick() {
     if (retired_) return;
     config::Duration now = since_start();
     bool refuse = false;
+    bool drop_syn = false;
     for (const auto& rule : cfg_->rules) {
         bool is_refuse = std::holds_alternative<config::RefuseFault>(rule.fault);
+        bool is_drop_syn = std::holds_alternative<config::DropSynFault>(rule.fault);
         const auto* restart_fault = std::get_if<config::RestartFault>(&rule.fault);
-        if (!is_refuse && restart_fault == nullptr) continue;
+        if (!is_refuse && !is_drop_syn && restart_fault == nullptr) continue;
         WindowState& w = windows_[rule.name];
         bool window = rule.enabled && (!rule.match.schedule || rule.match.schedule->active_at(now));
         if (window && !w.window && record_fault(rule)) {
@@ -237,6 +242,11 @@ void ProxyServer::on_rule_tick() {
         if (!window) w.engaged = false;
         w.window = window;
         refuse = refuse || (is_refuse && w.engaged);
+        drop_syn = drop_syn || (is_drop_syn && w.engaged);
+    }
+    if (drop_syn != syn_drop_wanted_) {
+        syn_drop_wanted_ = drop_syn;
+        config::DropSynFault::activate(*this, drop_syn);
     }
     refuse = refuse || uv_now(loop_) < restart_until_ms_;
     if (refuse == want_listen_) {
@@ -265,6 +275,23 @@ void ProxyServer::restart(config::Duration downtime) {
     log::info("restart", {{"proxy", cfg_->name},
                           {"open_connections", open},
                           {"downtime_ms", downtime.count() / 1000}});
+}
+
+void ProxyServer::set_syn_drop(bool on) {
+    if (!on) {
+        if (syn_drop_)
+            log::info("syn drop lifted", {{"proxy", cfg_->name}, {"addr", listen_addr_}});
+        syn_drop_.reset();
+        return;
+    }
+    if (syn_drop_) return;
+    std::string err = "no packet filter (needs CAP_NET_ADMIN)";
+    if (packet_filter_ != nullptr) syn_drop_ = packet_filter_->drop_syn(bound_, &err);
+    if (!syn_drop_) {
+        log::warn("cannot drop SYNs", {{"proxy", cfg_->name}, {"error", err}});
+        return;
+    }
+    log::info("dropping SYNs", {{"proxy", cfg_->name}, {"addr", listen_addr_}});
 }
 
 void ProxyServer::on_connection(uv_stream_t* listener, int status) {
@@ -432,7 +459,8 @@ ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* clie
     for (const auto& rule : cfg_->rules) {
         if (!faults::rule_matches(rule, facts, seed_, fired(rule.name))) continue;
         if (std::holds_alternative<config::RefuseFault>(rule.fault) ||
-            std::holds_alternative<config::RestartFault>(rule.fault))
+            std::holds_alternative<config::RestartFault>(rule.fault) ||
+            std::holds_alternative<config::DropSynFault>(rule.fault))
             continue;  // proxy-wide, driven by the rule clock
         const auto* cap = std::get_if<config::CapFault>(&rule.fault);
         if (cap == nullptr) {
@@ -516,7 +544,8 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
 void ProxyServer::apply_to_open_sessions(const config::Rule& rule) {
     if (std::holds_alternative<config::CapFault>(rule.fault) ||
         std::holds_alternative<config::RefuseFault>(rule.fault) ||
-        std::holds_alternative<config::RestartFault>(rule.fault))
+        std::holds_alternative<config::RestartFault>(rule.fault) ||
+        std::holds_alternative<config::DropSynFault>(rule.fault))
         return;  // proxy-wide: they act on new connections and the listener
     config::Duration now = since_start();
     for (auto& [id, s] : sessions_) {

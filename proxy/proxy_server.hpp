@@ -72,6 +72,9 @@ class ProxyServer final : public FtpDataListener::Owner,
     // The crashed-and-restarted server: RST every open connection, refuse new ones for
     // `downtime` (restart fault, admin API).
     void restart(config::Duration downtime) override;
+    // Drops the SYNs sent to the listening address while on (drop_syn); one entry for every
+    // loop's listener, as they share the address.
+    void set_syn_drop(bool on) override;
     // Closes every open session (plain close, or RST with `with_reset`).
     void abort_sessions(bool with_reset);
     // Replaces the config used for new connections (same listen address).
@@ -133,6 +136,10 @@ class ProxyServer final : public FtpDataListener::Owner,
 
     // Rules: matching at accept, and injection counting (for `limit` and metrics).
     void set_seed(uint64_t seed) { seed_ = seed; }  // before listen()
+    // The packet filter (before listen(); null: none, the faults that need one are rejected
+    // when rules are read). It outlives the proxy.
+    void set_packet_filter(PacketFilter* f) { packet_filter_ = f; }
+    PacketFilter* packet_filter() const override { return packet_filter_; }
     uint64_t seed() const override { return seed_; }
     // Applies matching rules to a new session; `cap` rules may hold or reject it.
     Admission match_rules(Session& s, const sockaddr* client) override;
@@ -208,6 +215,9 @@ class ProxyServer final : public FtpDataListener::Owner,
     uv_timer_t clock_{};
     bool clock_open_ = false;
     uint64_t restart_until_ms_ = 0;
+    PacketFilter* packet_filter_ = nullptr;
+    bool syn_drop_wanted_ = false;                    // a drop_syn rule is in its window
+    std::unique_ptr<PacketFilter::Handle> syn_drop_;  // the SYNs are being dropped
     std::unordered_map<std::string, WindowState> windows_;
     std::unordered_map<uint64_t, std::unique_ptr<FtpDataListener>> data_listeners_;
     uint64_t next_listener_id_ = 1;

@@ -383,6 +383,8 @@ void Session::end_connection(faults::Endings e, std::string_view why, const conf
     }
     ending_ = true;
     endings_ = e;
+    // Before any FIN or RST is sent: they must reach the peers.
+    packet_drops_.clear();
     if (lookup_) {
         lookup_->cancel();  // the answer, if it comes, goes nowhere
         lookup_.reset();

@@ -64,6 +64,8 @@ class SessionOwner {
                                       bool accepted_is_server, sockaddr_storage* bound) = 0;
     // `target` is this proxy's own listening socket (a loop: refused).
     virtual bool is_own_listener(const sockaddr_storage& target) const = 0;
+    // Drops packets below the socket (blackhole, loss); null without CAP_NET_ADMIN.
+    virtual PacketFilter* packet_filter() const = 0;
     // Every handle of the session has closed: the owner frees it.
     virtual void session_finished(uint64_t id) = 0;
     // A fault acted on the session (a rule's, or the admin API's): the event timeline hears.
@@ -133,6 +135,8 @@ class Session final : public FtpControl::Host,
     std::vector<std::string> rule_names() const;
     // "open", "ending", and each socket's state, for the connection listing.
     std::string state() const;
+    // Every packet of some flow of it is being dropped (blackhole), for the listing.
+    bool blackholed() const;
 
     // The admin API acting on this one connection now.
     enum class ApiResult { applied, ending, connecting, proxy_scope };
@@ -170,6 +174,11 @@ class Session final : public FtpControl::Host,
     void set_max_read(faults::Side s, size_t n) override;
     void log_event(std::string_view event, std::string_view rule, std::string_view detail) override;
     uint64_t now_us() const override { return Deadlines::now_us(); }
+    bool addresses(faults::Side s, sockaddr_storage* local, sockaddr_storage* peer) override;
+    uint64_t unacknowledged(faults::Side s) override;
+    PacketFilter* packet_filter() override { return server_.packet_filter(); }
+    void keep_packet_drop(std::string_view rule, std::unique_ptr<PacketFilter::Handle> h) override;
+    void release_packet_drops(std::string_view rule) override;
 
   private:
     struct AppliedRule {
@@ -270,6 +279,9 @@ class Session final : public FtpControl::Host,
     std::vector<AppliedFault> applied_;
     uint64_t applied_total_ = 0;
     std::vector<std::string> slots_;
+    // Packets dropped below the socket, per rule; released when the rule is lifted, its fault
+    // ends, or the connection starts ending.
+    std::vector<std::pair<std::string, std::unique_ptr<PacketFilter::Handle>>> packet_drops_;
     // Config snapshots owning rules applied at runtime (reload, API) beyond cfg_.
     std::vector<std::shared_ptr<const config::Proxy>> keep_alive_;
     uint64_t ordinal_ = 0;

@@ -1,6 +1,9 @@
 // The rule half of Session: applying rules to a connection, scanning their triggers, firing
 // faults (each fault's behaviour is in its own faults/<name>.cpp), lifting rules, and the
 // faults::Connection interface faults act through.
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+
 #include <algorithm>
 
 #include "faults/fault_list.hpp"
@@ -68,6 +71,7 @@ void Session::lift_rule(const std::string& name) {
     }
     up_.lift(name);
     down_.lift(name);
+    release_packet_drops(name);
     if (!lifted) return;
     recount_watchers();
     rearm();
@@ -209,6 +213,37 @@ int Session::socket_fd(faults::Side s) {
 
 void Session::set_max_read(faults::Side s, size_t n) {
     endpoint(s).set_max_read(n);
+}
+
+bool Session::addresses(faults::Side s, sockaddr_storage* local, sockaddr_storage* peer) {
+    Endpoint& e = endpoint(s);
+    if (!e.usable()) return false;
+    int len = sizeof *local;
+    if (uv_tcp_getsockname(e.tcp(), reinterpret_cast<sockaddr*>(local), &len) != 0) return false;
+    len = sizeof *peer;
+    return uv_tcp_getpeername(e.tcp(), reinterpret_cast<sockaddr*>(peer), &len) == 0;
+}
+
+uint64_t Session::unacknowledged(faults::Side s) {
+    Endpoint& e = endpoint(s);
+    if (!e.usable()) return 0;
+    int in_kernel = 0;  // sent but unacknowledged, plus not yet sent
+    if (e.fd() < 0 || ioctl(e.fd(), SIOCOUTQ, &in_kernel) != 0 || in_kernel < 0) in_kernel = 0;
+    return e.queued_bytes() + static_cast<uint64_t>(in_kernel);
+}
+
+void Session::keep_packet_drop(std::string_view rule, std::unique_ptr<PacketFilter::Handle> h) {
+    if (ending_) return;  // too late: the handle goes at once
+    packet_drops_.emplace_back(std::string(rule), std::move(h));
+}
+
+void Session::release_packet_drops(std::string_view rule) {
+    std::erase_if(packet_drops_, [&](const auto& d) { return d.first == rule; });
+}
+
+bool Session::blackholed() const {
+    return std::any_of(packet_drops_.begin(), packet_drops_.end(),
+                       [](const auto& d) { return d.second->per_10000() == PacketFilter::kAll; });
 }
 
 void Session::log_event(std::string_view event, std::string_view rule, std::string_view detail) {

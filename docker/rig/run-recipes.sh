@@ -70,6 +70,18 @@ else
 fi
 api POST "$SMTP_ADMIN/api/proxies/smtp/rules/reset-after-data/disable" || bad "disable failed"
 
+step "SMTP: a firewall silently drops the session after DATA (rule blackhole-after-data)"
+api POST "$SMTP_ADMIN/api/proxies/smtp/rules/blackhole-after-data/enable" || bad "enable failed"
+started=$SECONDS
+if swaks --server "$SMTP_ADDR" --timeout 5 --from app@example.test --to rig@example.test \
+        --header "Subject: blackholed" --body "dropped on the way" 2>&1 | tail -n 3; then
+    bad "swaks reported success"
+else
+    ok "swaks gave up after $((SECONDS - started))s: no reply and no RST, its own timeout fired" \
+       "(packets dropped below the socket; Windows clients: 10060)"
+fi
+api POST "$SMTP_ADMIN/api/proxies/smtp/rules/blackhole-after-data/disable" || bad "disable failed"
+
 step "SMTP: FIN after the 354 reply, RST if the client keeps writing (rule close-after-354)"
 api POST "$SMTP_ADMIN/api/proxies/smtp/rules/close-after-354/enable" || bad "enable failed"
 if send_mail "premature close"; then

@@ -19,7 +19,7 @@ RULE_KEYS = {"name", "fault", "enabled", "active", "fired"}
 PROXY_KEYS = {"name", "listen", "upstream", "protocol", "active_connections",
               "connections_total", "bytes_upstream", "bytes_downstream", "rules"}
 CONN_KEYS = {"id", "client", "age_seconds", "bytes_upstream", "bytes_downstream", "worker",
-             "rules", "state", "faults"}
+             "rules", "state", "faults", "blackholed"}
 
 
 def is_error(r, status: int, contains: str = "") -> None:
@@ -147,6 +147,7 @@ def test_connections_listing_shows_open_connection_with_bytes(tcpfault, servers)
         assert c["bytes_upstream"] == 1234 and c["bytes_downstream"] == 1234, c
         assert isinstance(c["age_seconds"], (int, float)) and 0 <= c["age_seconds"] < 10, c
         assert c["rules"] == ["slow"], c
+        assert c["blackholed"] is False, c
 
         # a second connection is listed too, with its own id and counters
         with connect(p.addr("p")) as s2:

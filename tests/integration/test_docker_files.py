@@ -731,7 +731,13 @@ def test_k8s_sidecar_ports_probes_services_security(k8s_with_podmonitor):
     sc = {**(pod.get("securityContext") or {}), **(c.get("securityContext") or {})}
     assert sc.get("runAsNonRoot") is True and sc.get("runAsUser", image_uid) == image_uid
     assert sc.get("readOnlyRootFilesystem") is True
-    assert sc.get("allowPrivilegeEscalation") is False
+    # No escalation beyond NET_ADMIN (for the packet faults: the image's binary holds it as a
+    # permitted file capability, which needs no_new_privs off): every other capability
+    # dropped from the bounding set.
+    caps = sc.get("capabilities") or {}
+    assert caps.get("drop") == ["ALL"], caps
+    assert caps.get("add", []) in ([], ["NET_ADMIN"]), caps
+    assert sc.get("allowPrivilegeEscalation") is (caps.get("add") == ["NET_ADMIN"]), sc
     res = c.get("resources") or {}
     assert res.get("requests") and res.get("limits")
     # SIGTERM: open connections get shutdown_grace to finish before the kubelet's SIGKILL.

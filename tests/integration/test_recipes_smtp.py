@@ -105,7 +105,7 @@ def test_recipe_is_valid_and_tested(recipe):
     for section in ("# Symptom", "#   Windows:", "#   Linux:", "# Run", "# Adapt"):
         assert section in text, f"{recipe}: no {section!r} in its header comment"
     here = Path(__file__).resolve().parent
-    tests = (here / "test_recipes_smtp.py").read_text() + (here / "test_recipes_ftp.py").read_text()
+    tests = "".join(p.read_text() for p in sorted(here.glob("test_recipes_*.py")))
     assert f'"{recipe}"' in tests, f"no test runs {recipe}"
 
 

@@ -593,7 +593,8 @@ proxies:
 TEST_CASE("error: unknown fault type") {
     CHECK(one_error(with_rules("      - name: r\n        fault: {type: rst}\n")) ==
           "t.yaml:8:23: unknown fault type \"rst\" (expected one of: reset, close, stall, latency, "
-          "bandwidth, slice, clamp, cap, refuse, idle, restart, slow_close)");
+          "bandwidth, slice, clamp, cap, refuse, idle, restart, slow_close, blackhole, loss, "
+          "drop_syn)");
     CHECK(one_error(with_rules("      - name: r\n        fault: {to: client}\n")) ==
           "t.yaml:8:16: fault is missing required key \"type\"");
 }
