@@ -19,7 +19,7 @@ namespace tcpfault {
 
 namespace {
 
-// Objects keep their keys in the order they were set, so responses read like the SPEC.
+// Objects keep their keys in the order they were set, so responses read like the docs.
 using Json = nlohmann::ordered_json;
 
 // One JSON document and a newline; names and messages that are not UTF-8 (a request path) get

@@ -1,4 +1,4 @@
-// The admin HTTP API of SPEC section 4: routes to JSON responses. Runs on the event loop (the
+// The admin HTTP API (docs/admin-api.md): routes to JSON responses. Runs on the event loop (the
 // HTTP server calls it there), so rule changes never race the data path. Rule bodies are
 // validated by the same code, with the same messages, as rules in the file.
 #pragma once

@@ -1,4 +1,4 @@
-// Toxiproxy's HTTP API (SPEC section 7, docs/toxiproxy.md): its routes, status codes, JSON
+// Toxiproxy's HTTP API (docs/toxiproxy.md): its routes, status codes, JSON
 // shapes and headers, so test suites written against Toxiproxy's clients run unchanged against
 // tcpfault. Runs on the event loop like AdminApi (the HTTP server calls it there).
 //

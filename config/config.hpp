@@ -1,4 +1,4 @@
-// Typed, validated configuration: what SPEC sections 2 and 3 describe, after parsing.
+// Typed, validated configuration: what docs/config.md describes, after parsing.
 // Everything downstream (proxy/, faults/) consumes only these structs, never YAML nodes.
 #pragma once
 

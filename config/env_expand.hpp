@@ -1,5 +1,5 @@
 // `${VAR}` / `${VAR:-default}` expansion over the raw config text, before YAML parsing (so a
-// variable can supply any YAML, e.g. a whole flow mapping). Decisions the SPEC leaves open:
+// variable can supply any YAML, e.g. a whole flow mapping). Decisions (docs/config.md):
 // - `${VAR:-default}` uses the default when VAR is unset *or empty*, as in the shell.
 // - `$$` is a literal `$`; any other `$` not followed by `{` is left alone.
 // - The default is literal text up to the first `}` on the same line (no nesting).

@@ -1,7 +1,7 @@
 // Parsers for the scalar notations of the config file (sizes, durations, rates, addresses) and
 // the inverse formatters the admin API uses to echo rules back in the same notation.
 //
-// Notation decisions (SPEC section 2 names only the common cases):
+// Notation decisions (docs/config.md#values):
 // - Sizes: plain bytes (`512`), binary units KiB/MiB/GiB/TiB (1024-based) and decimal units
 //   KB/MB/GB/TB (1000-based), `B` allowed; units are case-insensitive. A bare `K`/`M`/`G` is
 //   rejected as ambiguous rather than guessed, because "reset after exactly 64K" must not be

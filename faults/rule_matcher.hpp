@@ -1,4 +1,4 @@
-// Which rules apply to a new connection (SPEC section 3, `match`). Pure functions of the
+// Which rules apply to a new connection (docs/triggers.md, `match`). Pure functions of the
 // connection, the rule and the proxy's counters, so they are unit-tested without sockets.
 #pragma once
 

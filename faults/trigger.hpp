@@ -1,7 +1,7 @@
 // A rule's `when` on one connection: tells the pipe how many bytes of a chunk may pass before
 // the fault fires, so `after_bytes` is byte-exact even when the threshold falls inside a read.
 //
-// Conditions combine as SPEC section 3 says: `data` or `line` is "the match"; `after_bytes`
+// Conditions combine as docs/triggers.md says: `data` or `line` is "the match"; `after_bytes`
 // and `after` count from the match (or from the start without one). The fault fires at the
 // first moment every given condition holds. The bytes that complete a match are forwarded
 // before the fault acts. When the byte threshold is reached before the time condition, the

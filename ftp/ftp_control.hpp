@@ -1,4 +1,4 @@
-// The FTP control channel of one session (SPEC section 5): rewrites the server's 227/229
+// The FTP control channel of one session (docs/ftp.md): rewrites the server's 227/229
 // replies and the client's PORT/EPRT commands so every data connection goes through a
 // one-shot listener of the proxy, where `channel: data` rules apply to it. A line it cannot
 // rewrite passes through untouched and is logged.

@@ -1,4 +1,4 @@
-// FTP control-channel rewriting (SPEC section 5), without I/O: finds the data addresses in
+// FTP control-channel rewriting (docs/ftp.md), without I/O: finds the data addresses in
 // PASV/EPSV replies and PORT/EPRT commands, and formats the proxy's own address in their
 // place, so data connections go through the proxy too. Anything malformed is left untouched.
 #pragma once

@@ -1,4 +1,4 @@
-// Prometheus metrics (SPEC section 4) on prometheus-cpp's registry, rendered as text on the
+// Prometheus metrics (docs/metrics.md) on prometheus-cpp's registry, rendered as text on the
 // event loop by the admin HTTP server. Hot counters (bytes) stay plain integers in
 // ProxyServer and are folded in at scrape time; rare events increment directly.
 #pragma once
