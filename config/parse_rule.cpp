@@ -1,4 +1,5 @@
-// Rules (docs/config.md, docs/triggers.md): name, match, when and the cross-field rules tying them to the fault.
+// Rules (docs/config.md, docs/triggers.md): name, match, when and the cross-field rules tying them
+// to the fault.
 #include <re2/re2.h>
 
 #include "config/env_expand.hpp"
@@ -218,7 +219,8 @@ std::optional<When> read_when(Reader& r, const Entry& we) {
                 "when.after_bytes: 0 on its own fires at accept (leave `when` out for that); to "
                 "fire when the first byte arrives, without forwarding it, use next_byte: true");
     }
-    // Both would need their own "from the match" origin; docs/triggers.md offers them as alternatives.
+    // Both would need their own "from the match" origin; docs/triggers.md offers them as
+    // alternatives.
     if (f->get("data") != nullptr && f->get("line") != nullptr) {
         r.error(f->get("line")->key_pos, "when.data and when.line cannot be combined (use one)");
     }
