@@ -72,7 +72,8 @@ def round_trip(s: socket.socket, data: bytes = b"ping", timeout: float = 10.0) -
 def docs_example(kind: str) -> str:
     """The `fault: {...}` line that opens the kind's section of docs/faults.md."""
     text = (SOURCE_DIR / "docs" / "faults.md").read_text()
-    m = re.search(rf"^## `{re.escape(kind)}`\s*\n+```yaml\nfault: (\{{.*\}})\n```", text, re.M)
+    m = re.search(rf"^## `{re.escape(kind)}`\s*\n+```yaml\n(?:(?!fault:)[^\n]*\n)*fault: (\{{.*\}})\n```",
+                  text, re.M)
     assert m, f"docs/faults.md has no example line for {kind}"
     return m.group(1)
 

@@ -179,8 +179,11 @@ def self_relay(tcpfault, servers):
             return p, []  # refused at start: nothing to stop
         assert time.monotonic() < deadline, "tcpfault neither started nor exited"
         time.sleep(0.02)  # one of two outcomes: a log line or an exit
-    c = socket.create_connection(("127.0.0.1", port), timeout=5)
-    c.sendall(b"hello")
+    try:
+        c = socket.create_connection(("127.0.0.1", port), timeout=5)
+        c.sendall(b"hello")
+    except ConnectionResetError:
+        return p, []  # the self-connection was refused before connect() returned
     time.sleep(1.0)  # lets a loop, if there is one, grow
     return p, [c]
 
