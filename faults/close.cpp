@@ -5,16 +5,8 @@
 namespace tcpfault::faults {
 
 Endings CloseFault::endings() const {
-    Ending hit = then == Then::reset ? Ending::fin_then_reset : Ending::fin_then_discard;
-    Endings e;
-    if (client || server) {  // named endings; a side not named is closed gracefully
-        e.client = client.value_or(Ending::fin);
-        e.server = server.value_or(Ending::fin);
-        return e;
-    }
-    e.client = hits_client(to) ? hit : Ending::fin;
-    e.server = hits_server(to) ? hit : Ending::fin;
-    return e;
+    return endings_for(to, then == Then::reset ? Ending::fin_then_reset : Ending::fin_then_discard,
+                       client, server);
 }
 
 std::optional<CloseFault> CloseFault::parse(const config::FaultParams& p) {

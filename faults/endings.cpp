@@ -16,6 +16,19 @@ void read_ending(const config::FaultParams& p, std::string_view key, std::option
     if (e != Ending::none) out = e;
 }
 
+Endings endings_for(config::Target to, Ending hit, std::optional<Ending> client,
+                    std::optional<Ending> server) {
+    Endings e;
+    if (client || server) {  // named endings; a side not named is closed gracefully
+        e.client = client.value_or(Ending::fin);
+        e.server = server.value_or(Ending::fin);
+        return e;
+    }
+    e.client = hits_client(to) ? hit : Ending::fin;
+    e.server = hits_server(to) ? hit : Ending::fin;
+    return e;
+}
+
 void check_ending_keys(const config::FaultParams& p,
                        std::initializer_list<std::string_view> short_keys) {
     if (!p.has("client") && !p.has("server")) return;

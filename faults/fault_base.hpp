@@ -38,6 +38,10 @@ inline bool hits_server(config::Target t) {
 
 // The `client:` / `server:` endings of reset and close (YAML names of Ending).
 void read_ending(const config::FaultParams& p, std::string_view key, std::optional<Ending>& out);
+// reset's and close's endings: named ones (a side not named gets fin), else `hit` for the sides
+// `to` targets and fin for the other.
+Endings endings_for(config::Target to, Ending hit, std::optional<Ending> client,
+                    std::optional<Ending> server);
 // reset and close take either their shorthand keys (`short_keys`) or explicit endings, not both.
 void check_ending_keys(const config::FaultParams& p,
                        std::initializer_list<std::string_view> short_keys);

@@ -5,16 +5,7 @@
 namespace tcpfault::faults {
 
 Endings ResetFault::endings() const {
-    Ending hit = flush ? Ending::reset : Ending::reset_now;
-    Endings e;
-    if (client || server) {  // named endings; a side not named is closed gracefully
-        e.client = client.value_or(Ending::fin);
-        e.server = server.value_or(Ending::fin);
-        return e;
-    }
-    e.client = hits_client(to) ? hit : Ending::fin;
-    e.server = hits_server(to) ? hit : Ending::fin;
-    return e;
+    return endings_for(to, flush ? Ending::reset : Ending::reset_now, client, server);
 }
 
 std::optional<ResetFault> ResetFault::parse(const config::FaultParams& p) {

@@ -488,24 +488,21 @@ void Session::trace(const char* event) {
 
 // A peer's RST is passed on as a RST, after the bytes it sent before it.
 void Session::on_source_reset(config::Direction dir, int err) {
-    faults::Side gone = source_side(dir);
-    log::debug("peer reset", {{"proxy", cfg_->name},
-                              {"conn", id_},
-                              {"side", gone == faults::Side::client ? "client" : "server"},
-                              {"error", uv_error_string(err)}});
-    faults::Endings e;
-    e.of(gone) = Ending::reset_now;
-    e.of(other(gone)) = Ending::reset;
-    end_connection(e, "peer reset", nullptr);
+    peer_gone(source_side(dir), "peer reset", err);
 }
 
 // Writing failed (EPIPE/ECONNRESET): the sink reset us while bytes were in flight.
 void Session::on_sink_error(config::Direction dir, int err) {
-    faults::Side gone = other(source_side(dir));
-    log::debug("write failed", {{"proxy", cfg_->name},
-                                {"conn", id_},
-                                {"side", gone == faults::Side::client ? "client" : "server"},
-                                {"error", uv_error_string(err)}});
+    peer_gone(other(source_side(dir)), "write failed", err);
+}
+
+// That side is gone (its RST): its socket is closed at once, and the other side gets the same,
+// a RST, once the bytes already forwarded to it have left.
+void Session::peer_gone(faults::Side gone, const char* what, int err) {
+    log::debug(what, {{"proxy", cfg_->name},
+                      {"conn", id_},
+                      {"side", gone == faults::Side::client ? "client" : "server"},
+                      {"error", uv_error_string(err)}});
     faults::Endings e;
     e.of(gone) = Ending::reset_now;
     e.of(other(gone)) = Ending::reset;

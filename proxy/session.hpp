@@ -196,6 +196,7 @@ class Session final : public FtpControl::Host,
     // "fault injected", logged once per fault, and the fault noted for the listing and timeline.
     void log_injected(std::string_view rule, const char* fault);
     void end_side(faults::Side s);
+    void peer_gone(faults::Side gone, const char* what, int err);
     void check_finished();
     void maybe_free();
 
