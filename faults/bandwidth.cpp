@@ -49,9 +49,7 @@ std::optional<BandwidthFault> BandwidthFault::parse(const config::FaultParams& p
 }
 
 void BandwidthFault::apply(Connection& c, const std::string& rule) const {
-    each_direction(direction, [&](config::Direction d) {
-        c.add_stage(d, std::make_unique<BandwidthStage>(rule, rate));
-    });
+    add_stages<BandwidthStage>(c, direction, rule, rate);
 }
 
 }  // namespace tcpfault::faults

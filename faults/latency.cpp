@@ -44,9 +44,7 @@ std::optional<LatencyFault> LatencyFault::parse(const config::FaultParams& p) {
 }
 
 void LatencyFault::apply(Connection& c, const std::string& rule) const {
-    each_direction(direction, [&](config::Direction d) {
-        c.add_stage(d, std::make_unique<LatencyStage>(rule, *this));
-    });
+    add_stages<LatencyStage>(c, direction, rule, *this);
 }
 
 }  // namespace tcpfault::faults

@@ -63,9 +63,7 @@ std::optional<SliceFault> SliceFault::parse(const config::FaultParams& p) {
 }
 
 void SliceFault::apply(Connection& c, const std::string& rule) const {
-    each_direction(direction, [&](config::Direction d) {
-        c.add_stage(d, std::make_unique<SliceStage>(rule, *this));
-    });
+    add_stages<SliceStage>(c, direction, rule, *this);
 }
 
 }  // namespace tcpfault::faults

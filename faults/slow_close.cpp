@@ -28,9 +28,7 @@ std::optional<SlowCloseFault> SlowCloseFault::parse(const config::FaultParams& p
 }
 
 void SlowCloseFault::apply(Connection& c, const std::string& rule) const {
-    each_direction(direction, [&](config::Direction d) {
-        c.add_stage(d, std::make_unique<SlowCloseStage>(rule, delay));
-    });
+    add_stages<SlowCloseStage>(c, direction, rule, delay);
 }
 
 }  // namespace tcpfault::faults

@@ -23,10 +23,9 @@ const char* then_name(StallFault::Then t) {
 class StallStage final : public Stage {
   public:
     // `then_done` is shared by the stages one rule put on both directions: `then` runs once.
-    StallStage(std::string rule, const StallFault& f, std::shared_ptr<bool> then_done)
-        : Stage(std::move(rule)), f_(f), then_done_(std::move(then_done)) {}
-
-    void start(uint64_t now_us) {
+    StallStage(std::string rule, const StallFault& f, std::shared_ptr<bool> then_done,
+               uint64_t now_us)
+        : Stage(std::move(rule)), f_(f), then_done_(std::move(then_done)) {
         if (f_.duration) deadline_us_ = now_us + static_cast<uint64_t>(f_.duration->count());
     }
 
@@ -86,12 +85,7 @@ std::optional<StallFault> StallFault::parse(const config::FaultParams& p) {
 }
 
 void StallFault::apply(Connection& c, const std::string& rule) const {
-    auto then_done = std::make_shared<bool>(false);
-    each_direction(direction, [&](config::Direction d) {
-        auto s = std::make_unique<StallStage>(rule, *this, then_done);
-        s->start(c.now_us());
-        c.add_stage(d, std::move(s));
-    });
+    add_stages<StallStage>(c, direction, rule, *this, std::make_shared<bool>(false), c.now_us());
 }
 
 }  // namespace tcpfault::faults
