@@ -156,7 +156,7 @@ class RuleGen:
                 f[k] = r.choice(opts[k])
             return f, False
         if kind == "cap":
-            f = {"type": "cap", "max": r.choice([50, 200, 500, 900]),
+            f = {"type": "cap", "max": r.choice([5, 20, 50, 200]),
                  "over": r.choice(["reset", "close", "banner", "hold"])}
             if f["over"] == "banner":
                 f["banner"] = BANNER.decode()
