@@ -26,6 +26,7 @@ ProxyServer::ProxyServer(uv_loop_t* loop, std::shared_ptr<const config::Proxy> c
                          WorkerPool* pool)
     : loop_(loop),
       cfg_(std::move(cfg)),
+      program_(faults::RuleProgram::of(cfg_)),
       pool_(pool),
       queue_(pool != nullptr ? pool->main : nullptr),
       shared_(std::make_shared<ProxyShared>()) {}
@@ -364,13 +365,20 @@ ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* clie
     s.set_ordinal(facts.ordinal);
     facts.client = client;
     facts.since_start = since_start();
+    bool program_given = false;
     for (const auto& rule : cfg_->rules) {
-        if (!faults::rule_matches(rule, facts, seed_, fired(rule.name))) continue;
+        // The injection count (a lock and a lookup) matters only under `limit`.
+        uint64_t n = rule.match.limit ? fired(rule.name) : 0;
+        if (!faults::rule_matches(rule, facts, seed_, n)) continue;
         if (std::holds_alternative<config::RefuseFault>(rule.fault) ||
             std::holds_alternative<config::RestartFault>(rule.fault))
             continue;  // proxy-wide, driven by the rule clock
         const auto* cap = std::get_if<config::CapFault>(&rule.fault);
         if (cap == nullptr) {
+            if (!program_given) {
+                s.set_rule_program(program_);  // only a session some rule applies to holds it
+                program_given = true;
+            }
             s.apply_rule(&rule);
             continue;
         }
@@ -416,6 +424,7 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
                                 const std::string& replaced) {
     std::shared_ptr<const config::Proxy> old = std::move(cfg_);
     cfg_ = std::move(cfg);
+    program_ = faults::RuleProgram::of(cfg_);
     if (!replica_) {
         // A replaced rule is a new rule: its `limit` counts afresh (faults_total keeps
         // counting).

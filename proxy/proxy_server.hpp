@@ -172,6 +172,8 @@ class ProxyServer final : public FtpDataListener::Owner,
 
     uv_loop_t* loop_;
     std::shared_ptr<const config::Proxy> cfg_;
+    // cfg_'s rules compiled (triggers, literal matchers), shared with the sessions using them.
+    std::shared_ptr<const faults::RuleProgram> program_;
     WorkerPool* pool_;
     bool replica_ = false;
     unsigned worker_ = 0;

@@ -216,11 +216,11 @@ void Session::connect_next() {
     bool clamp = has_preconnect_clamp();
     int err = outgoing_->init(server_.loop(), clamp ? ss.ss_family : AF_UNSPEC);
     if (err == 0 && clamp) {
-        for (const auto& r : rules_) {
-            const auto* f = std::get_if<config::ClampFault>(&r.rule->fault);
-            if (f != nullptr && !r.rule->when && faults::hits_server(f->side))
+        each_rule([&](const config::Rule& r) {
+            const auto* f = std::get_if<config::ClampFault>(&r.fault);
+            if (f != nullptr && !r.when && faults::hits_server(f->side))
                 f->configure(outgoing_->fd(), faults::Side::server, identity());
-        }
+        });
     }
     if (err == 0) {
         connect_req_.data = this;
@@ -294,8 +294,9 @@ void Session::abort(bool with_reset) {
 
 void Session::end(const faults::Endings& e, std::string_view rule) {
     const config::Rule* r = nullptr;
-    for (const auto& a : rules_)
-        if (a.rule->name == rule) r = a.rule;
+    each_rule([&](const config::Rule& a) {
+        if (a.name == rule) r = &a;
+    });
     end_connection(e, rule, r);
 }
 
@@ -325,8 +326,7 @@ void Session::end_connection(faults::Endings e, std::string_view why, const conf
                           {"why", why},
                           {"client", ending_name(e.client)},
                           {"server", ending_name(e.server)}});
-    for (auto& r : rules_) r.deadline_us = 0;
-    pending_fire_.clear();
+    pending_fire_.clear();  // rule timers stop: rearm() leaves them out from here on
     connect_deadline_us_ = 0;
     reap_check_us_ = 0;
     rearm();
@@ -457,8 +457,7 @@ void Session::rearm() {
     consider(connect_deadline_us_);
     consider(reap_check_us_);
     if (!ending_)
-        for (const auto& r : rules_)
-            if (!r.done) consider(r.deadline_us);
+        for (size_t k = 0; k < rule_sets(); ++k) consider(rule_set(k).next_deadline());
     deadlines_.set(this, next);
 }
 
@@ -468,19 +467,18 @@ void Session::on_deadline(uint64_t now) {
         // Still resolving when time ran out: the name is what failed.
         upstream_failed(resolving_ ? "dns" : "timeout", UV_ETIMEDOUT);
     }
-    for (size_t i = 0; i < rules_.size() && !ending_; ++i) {
-        auto& r = rules_[i];
-        if (r.done || r.deadline_us == 0 || r.deadline_us > now) continue;
-        r.deadline_us = 0;
-        bool fire_now = r.trigger.time_reached();
-        if (r.downstream) fire_now = r.downstream->time_reached() || fire_now;
-        if (fire_now) fire(i);
-        // A stream held at the byte threshold moves on once its fault has acted.
-        if (!ending_) {
-            up_.release_trigger_hold();
-            down_.release_trigger_hold();
+    // Rule timers, one rule at a time in rule order.
+    for (size_t k = 0; k < rule_sets() && !ending_; ++k) {
+        while (!ending_) {
+            auto due = rule_set(k).next_due(now, offsets());
+            if (!due) break;
+            if (due->fire) fire(k, due->rule);
+            // A stream held at the byte threshold moves on once its fault has acted.
+            if (!ending_) {
+                up_.release_trigger_hold();
+                down_.release_trigger_hold();
+            }
         }
-        recount_watchers();
     }
     if (!ending_ && reap_check_us_ != 0 && now >= reap_check_us_) {
         reap_check_us_ = 0;

@@ -1,0 +1,327 @@
+#include "faults/literal_set.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <stdexcept>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace tcpfault::faults {
+
+namespace {
+
+// Rough share of each byte value in typical traffic (text protocols and binary payloads):
+// letters, digits, space and line ends are common; most other bytes are rare.
+double byte_share(uint8_t c) {
+    if (c == ' ') return 0.12;
+    if (c == 'e' || c == 't' || c == 'a' || c == 'o') return 0.06;
+    if (c >= 'a' && c <= 'z') return 0.03;
+    if (c >= 'A' && c <= 'Z') return 0.012;
+    if (c >= '0' && c <= '9') return 0.012;
+    if (c == '\r' || c == '\n' || c == 0 || c == 0xff) return 0.02;
+    if (c >= 0x21 && c < 0x7f) return 0.006;
+    return 0.002;
+}
+
+size_t popcount(uint64_t x) {
+    return static_cast<size_t>(__builtin_popcountll(x));
+}
+
+}  // namespace
+
+LiteralSet::LiteralSet(std::vector<std::string> literals) : literals_(std::move(literals)) {
+    if (literals_.empty()) throw std::invalid_argument("LiteralSet: no literals");
+    min_len_ = SIZE_MAX;
+    for (const auto& l : literals_) {
+        if (l.empty()) throw std::invalid_argument("LiteralSet: empty literal");
+        min_len_ = std::min(min_len_, l.size());
+        max_len_ = std::max(max_len_, l.size());
+    }
+    build_automaton();
+    choose_fingerprints();
+    kernel_ = filter_generic;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512bw"))
+        kernel_ = filter_avx512;
+    else if (__builtin_cpu_supports("avx2"))
+        kernel_ = filter_avx2;
+#endif
+}
+
+void LiteralSet::force_generic() {
+    kernel_ = filter_generic;
+}
+
+const char* LiteralSet::kernel() const {
+#if defined(__x86_64__)
+    if (kernel_ == filter_avx512) return "avx512bw";
+    if (kernel_ == filter_avx2) return "avx2";
+#endif
+    return "generic";
+}
+
+void LiteralSet::build_automaton() {
+    // Byte classes: each byte some literal uses gets its own; all others share the last.
+    bool used[256] = {};
+    for (const auto& l : literals_)
+        for (unsigned char c : l) used[c] = true;
+    uint32_t n = 0;
+    for (int c = 0; c < 256; ++c)
+        if (used[c]) class_of_[c] = static_cast<uint8_t>(n++);
+    for (int c = 0; c < 256; ++c)
+        if (!used[c]) class_of_[c] = static_cast<uint8_t>(n);
+    classes_ = n < 256 ? n + 1 : 256;
+
+    // The trie (transitions missing: kNone), then failure links breadth first, which also
+    // fill in the missing transitions: a complete DFA.
+    constexpr State kNone = UINT32_MAX;
+    next_.assign(classes_, kNone);
+    out_.assign(1, -1);
+    depth_.assign(1, 0);
+    for (size_t id = 0; id < literals_.size(); ++id) {
+        State s = 0;
+        for (unsigned char c : literals_[id]) {
+            State& t = next_[s * classes_ + class_of_[c]];
+            if (t == kNone) {
+                t = static_cast<State>(out_.size());
+                next_.insert(next_.end(), classes_, kNone);
+                out_.push_back(-1);
+                depth_.push_back(depth_[s] + 1);
+            }
+            s = next_[s * classes_ + class_of_[c]];
+        }
+        if (out_[s] >= 0) throw std::invalid_argument("LiteralSet: duplicate literal");
+        out_[s] = static_cast<int32_t>(id);
+    }
+    std::vector<State> fail(out_.size(), 0);
+    dict_.assign(out_.size(), 0);
+    std::deque<State> queue;
+    for (uint32_t k = 0; k < classes_; ++k) {
+        State& t = next_[k];
+        if (t == kNone) {
+            t = 0;
+        } else {
+            fail[t] = 0;
+            queue.push_back(t);
+        }
+    }
+    while (!queue.empty()) {
+        State s = queue.front();
+        queue.pop_front();
+        dict_[s] = out_[fail[s]] >= 0 ? fail[s] : dict_[fail[s]];
+        for (uint32_t k = 0; k < classes_; ++k) {
+            State& t = next_[s * classes_ + k];
+            if (t == kNone) {
+                t = next_[fail[s] * classes_ + k];
+            } else {
+                fail[t] = next_[fail[s] * classes_ + k];
+                queue.push_back(t);
+            }
+        }
+    }
+}
+
+void LiteralSet::choose_fingerprints() {
+    // Offsets o1 < o2 inside the shortest literal (both 0 for 1-byte literals), chosen for the
+    // least expected work per byte: each distinct fingerprint costs a compare per position,
+    // and each position that matches one costs a check of its literals.
+    size_t span = std::min<size_t>(min_len_, 32);
+    double best = 0;
+    bool have = false;
+    auto consider = [&](size_t a, size_t b) {
+        std::vector<std::pair<uint8_t, uint8_t>> pairs;
+        for (const auto& l : literals_)
+            pairs.emplace_back(static_cast<uint8_t>(l[a]), static_cast<uint8_t>(l[b]));
+        std::sort(pairs.begin(), pairs.end());
+        pairs.erase(std::unique(pairs.begin(), pairs.end()), pairs.end());
+        double candidates = 0;
+        for (auto [x, y] : pairs)
+            candidates += a == b ? byte_share(x) : byte_share(x) * byte_share(y);
+        // ~0.01 ns per fingerprint and byte against ~20 ns per candidate checked.
+        double cost = 0.01 * static_cast<double>(pairs.size()) + 20 * candidates;
+        if (!have || cost < best) {
+            have = true;
+            best = cost;
+            o1_ = a;
+            o2_ = b;
+        }
+    };
+    if (span == 1) {
+        consider(0, 0);
+    } else {
+        for (size_t a = 0; a < span; ++a)
+            for (size_t b = a + 1; b < span; ++b) consider(a, b);
+    }
+    for (size_t id = 0; id < literals_.size(); ++id) {
+        auto b1 = static_cast<uint8_t>(literals_[id][o1_]);
+        auto b2 = static_cast<uint8_t>(literals_[id][o2_]);
+        auto it = std::find_if(prints_.begin(), prints_.end(),
+                               [&](const Fingerprint& f) { return f.b1 == b1 && f.b2 == b2; });
+        if (it == prints_.end()) {
+            prints_.push_back(Fingerprint{b1, b2, {}});
+            it = prints_.end() - 1;
+        }
+        it->ids.push_back(static_cast<uint32_t>(id));
+    }
+}
+
+LiteralSet::State LiteralSet::advance(State s, const char* data, size_t n) const {
+    const auto* p = reinterpret_cast<const uint8_t*>(data);
+    // The state depends on the last max_len() bytes only.
+    if (n >= max_len_) {
+        s = 0;
+        p += n - max_len_;
+        n = max_len_;
+    }
+    for (size_t i = 0; i < n; ++i) s = step(s, p[i]);
+    return s;
+}
+
+// The scalar end of every kernel: candidate starts from i to last.
+size_t LiteralSet::filter_tail(const LiteralSet& set, const uint8_t* p, size_t i, size_t last,
+                               uint32_t* out, size_t k, size_t cap, size_t* resume) {
+    for (; i <= last; ++i) {
+        for (const Fingerprint& f : set.prints_) {
+            if (p[i + set.o1_] != f.b1 || p[i + set.o2_] != f.b2) continue;
+            if (k == cap) {
+                *resume = i;
+                return k;
+            }
+            out[k++] = static_cast<uint32_t>(i);
+            break;
+        }
+    }
+    *resume = SIZE_MAX;
+    return k;
+}
+
+// Candidate starts i in [0, n - min_len]: positions where some fingerprint's two bytes are.
+// At most `cap` of them; when full, *resume is where to go on (else SIZE_MAX).
+size_t LiteralSet::filter_generic(const LiteralSet& set, const uint8_t* p, size_t n, uint32_t* out,
+                                  size_t cap, size_t* resume) {
+    using V = uint8_t __attribute__((vector_size(16)));
+    using U = uint64_t __attribute__((vector_size(16)));
+    constexpr size_t W = 16;
+    const size_t o1 = set.o1_, o2 = set.o2_;
+    const size_t last = n - set.min_len_;  // n > 2 * max_len here
+    size_t k = 0;
+    size_t i = 0;
+    for (; i + W - 1 <= last; i += W) {  // i + W - 1 + o2 < n: the loads stay inside
+        V x, y;
+        std::memcpy(&x, p + i + o1, W);
+        std::memcpy(&y, p + i + o2, W);
+        V m = {};
+        for (const Fingerprint& f : set.prints_) m |= (x == f.b1) & (y == f.b2);
+        U u;
+        std::memcpy(&u, &m, sizeof u);
+        if ((u[0] | u[1]) == 0) continue;
+        if (k + W > cap) {
+            *resume = i;
+            return k;
+        }
+        for (size_t j = 0; j < W; ++j)
+            if (m[j] != 0) out[k++] = static_cast<uint32_t>(i + j);
+    }
+    return filter_tail(set, p, i, last, out, k, cap, resume);
+}
+
+#if defined(__x86_64__)
+namespace {
+__attribute__((target("avx2"))) inline __m256i hit(__m256i x, __m256i y, __m256i pa, __m256i pb) {
+    return _mm256_and_si256(_mm256_cmpeq_epi8(x, pa), _mm256_cmpeq_epi8(y, pb));
+}
+}  // namespace
+
+__attribute__((target("avx2"))) size_t LiteralSet::filter_avx2(const LiteralSet& set,
+                                                               const uint8_t* p, size_t n,
+                                                               uint32_t* out, size_t cap,
+                                                               size_t* resume) {
+    constexpr size_t W = 64;  // two 32-byte vectors per step
+    const size_t o1 = set.o1_, o2 = set.o2_;
+    const size_t last = n - set.min_len_;
+    const size_t nf = set.prints_.size();
+    const size_t fast = std::min<size_t>(nf, 8);
+    __m256i a[8], b[8];
+    for (size_t f = 0; f < fast; ++f) {
+        a[f] = _mm256_set1_epi8(static_cast<char>(set.prints_[f].b1));
+        b[f] = _mm256_set1_epi8(static_cast<char>(set.prints_[f].b2));
+    }
+    size_t k = 0;
+    size_t i = 0;
+    for (; i + W - 1 <= last; i += W) {
+        const auto* px = reinterpret_cast<const __m256i*>(p + i + o1);
+        const auto* py = reinterpret_cast<const __m256i*>(p + i + o2);
+        __m256i x0 = _mm256_loadu_si256(px), x1 = _mm256_loadu_si256(px + 1);
+        __m256i y0 = _mm256_loadu_si256(py), y1 = _mm256_loadu_si256(py + 1);
+        __m256i m0 = hit(x0, y0, a[0], b[0]);
+        __m256i m1 = hit(x1, y1, a[0], b[0]);
+        for (size_t f = 1; f < fast; ++f) {
+            m0 = _mm256_or_si256(m0, hit(x0, y0, a[f], b[f]));
+            m1 = _mm256_or_si256(m1, hit(x1, y1, a[f], b[f]));
+        }
+        for (size_t f = fast; f < nf; ++f) {
+            __m256i af = _mm256_set1_epi8(static_cast<char>(set.prints_[f].b1));
+            __m256i bf = _mm256_set1_epi8(static_cast<char>(set.prints_[f].b2));
+            m0 = _mm256_or_si256(m0, hit(x0, y0, af, bf));
+            m1 = _mm256_or_si256(m1, hit(x1, y1, af, bf));
+        }
+        __m256i any = _mm256_or_si256(m0, m1);
+        if (_mm256_testz_si256(any, any)) continue;
+        uint64_t bits =
+            static_cast<uint32_t>(_mm256_movemask_epi8(m0)) |
+            (static_cast<uint64_t>(static_cast<uint32_t>(_mm256_movemask_epi8(m1))) << 32);
+        if (k + popcount(bits) > cap) {
+            *resume = i;
+            return k;
+        }
+        for (; bits != 0; bits &= bits - 1)
+            out[k++] = static_cast<uint32_t>(i + static_cast<size_t>(__builtin_ctzll(bits)));
+    }
+    return filter_tail(set, p, i, last, out, k, cap, resume);
+}
+
+__attribute__((target("avx512bw"))) size_t LiteralSet::filter_avx512(const LiteralSet& set,
+                                                                     const uint8_t* p, size_t n,
+                                                                     uint32_t* out, size_t cap,
+                                                                     size_t* resume) {
+    constexpr size_t W = 64;
+    const size_t o1 = set.o1_, o2 = set.o2_;
+    const size_t last = n - set.min_len_;
+    const size_t nf = set.prints_.size();
+    const size_t fast = std::min<size_t>(nf, 8);
+    __m512i a[8], b[8];
+    for (size_t f = 0; f < fast; ++f) {
+        a[f] = _mm512_set1_epi8(static_cast<char>(set.prints_[f].b1));
+        b[f] = _mm512_set1_epi8(static_cast<char>(set.prints_[f].b2));
+    }
+    size_t k = 0;
+    size_t i = 0;
+    for (; i + W - 1 <= last; i += W) {
+        __m512i x = _mm512_loadu_si512(p + i + o1);
+        __m512i y = _mm512_loadu_si512(p + i + o2);
+        __mmask64 m = _mm512_mask_cmpeq_epi8_mask(_mm512_cmpeq_epi8_mask(x, a[0]), y, b[0]);
+        for (size_t f = 1; f < fast; ++f)
+            m |= _mm512_mask_cmpeq_epi8_mask(_mm512_cmpeq_epi8_mask(x, a[f]), y, b[f]);
+        for (size_t f = fast; f < nf; ++f) {
+            __m512i af = _mm512_set1_epi8(static_cast<char>(set.prints_[f].b1));
+            __m512i bf = _mm512_set1_epi8(static_cast<char>(set.prints_[f].b2));
+            m |= _mm512_mask_cmpeq_epi8_mask(_mm512_cmpeq_epi8_mask(x, af), y, bf);
+        }
+        if (m == 0) continue;
+        uint64_t bits = m;
+        if (k + popcount(bits) > cap) {
+            *resume = i;
+            return k;
+        }
+        for (; bits != 0; bits &= bits - 1)
+            out[k++] = static_cast<uint32_t>(i + static_cast<size_t>(__builtin_ctzll(bits)));
+    }
+    return filter_tail(set, p, i, last, out, k, cap, resume);
+}
+#endif
+
+}  // namespace tcpfault::faults
