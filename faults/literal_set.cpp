@@ -4,6 +4,7 @@
 #include <cstring>
 #include <deque>
 #include <stdexcept>
+#include <string_view>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -52,8 +53,23 @@ LiteralSet::LiteralSet(std::vector<std::string> literals) : literals_(std::move(
 #endif
 }
 
-void LiteralSet::force_generic() {
-    kernel_ = filter_generic;
+bool LiteralSet::use_kernel(const char* name) {
+    std::string_view k(name);
+    if (k == "generic") {
+        kernel_ = filter_generic;
+        return true;
+    }
+#if defined(__x86_64__)
+    if (k == "avx2" && __builtin_cpu_supports("avx2")) {
+        kernel_ = filter_avx2;
+        return true;
+    }
+    if (k == "avx512bw" && __builtin_cpu_supports("avx512bw")) {
+        kernel_ = filter_avx512;
+        return true;
+    }
+#endif
+    return false;
 }
 
 const char* LiteralSet::kernel() const {

@@ -44,8 +44,9 @@ class LiteralSet {
     // The state after [p, p+n), given the state before.
     State advance(State s, const char* p, size_t n) const;
 
-    // Forces the portable kernel (tests compare it with the SIMD ones).
-    void force_generic();
+    // Uses the named kernel ("generic", "avx2", "avx512bw"); false if this CPU lacks it. Tests
+    // compare them.
+    bool use_kernel(const char* name);
 
   private:
     struct Fingerprint {
