@@ -148,15 +148,20 @@ void LiteralSet::choose_fingerprints() {
     size_t span = std::min<size_t>(min_len_, 32);
     double best = 0;
     bool have = false;
+    std::vector<uint16_t> pairs;  // reused: b1 << 8 | b2
+    pairs.reserve(literals_.size());
     auto consider = [&](size_t a, size_t b) {
-        std::vector<std::pair<uint8_t, uint8_t>> pairs;
+        pairs.clear();
         for (const auto& l : literals_)
-            pairs.emplace_back(static_cast<uint8_t>(l[a]), static_cast<uint8_t>(l[b]));
+            pairs.push_back(static_cast<uint16_t>(static_cast<uint8_t>(l[a]) << 8 |
+                                                  static_cast<uint8_t>(l[b])));
         std::sort(pairs.begin(), pairs.end());
         pairs.erase(std::unique(pairs.begin(), pairs.end()), pairs.end());
         double candidates = 0;
-        for (auto [x, y] : pairs)
+        for (uint16_t xy : pairs) {
+            auto x = static_cast<uint8_t>(xy >> 8), y = static_cast<uint8_t>(xy);
             candidates += a == b ? byte_share(x) : byte_share(x) * byte_share(y);
+        }
         // ~0.01 ns per fingerprint and byte against ~20 ns per candidate checked.
         double cost = 0.01 * static_cast<double>(pairs.size()) + 20 * candidates;
         if (!have || cost < best) {
