@@ -112,6 +112,8 @@ int ProxyServer::open_listener() {
     if (err != 0) return err;
     listener_.data = this;
     listener_open_ = true;
+    // Set once here instead of once per accepted connection.
+    listener_nodelay_ = uv_tcp_nodelay(&listener_, 1) == 0;
     bool reuseport = replica_ || (pool_ != nullptr && !pool_->workers.empty());
     if (reuseport) {
         // One listening socket per loop; the kernel spreads new connections across them.
@@ -272,7 +274,8 @@ void ProxyServer::on_connection(uv_stream_t* listener, int status) {
     Session* s = session.get();
     self->sessions_.emplace(id, std::move(session));
     self->active_.store(self->sessions_.size(), std::memory_order_relaxed);
-    s->accept(listener);  // may fail and end the session later; never frees it synchronously
+    // May fail and end the session later; never frees it synchronously.
+    s->accept(listener, self->listener_nodelay_);
 }
 
 std::string ProxyServer::open_ftp_data(const sockaddr_storage& bind, const sockaddr_storage& target,

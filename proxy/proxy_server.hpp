@@ -183,6 +183,7 @@ class ProxyServer final : public FtpDataListener::Owner,
     uv_tcp_t listener_{};
     bool want_listen_ = true;
     bool listener_open_ = false;
+    bool listener_nodelay_ = false;  // accepted sockets inherit TCP_NODELAY from it (Linux)
     bool listener_closing_ = false;
     int listen_error_ = 0;
     bool retired_ = false;

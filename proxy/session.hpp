@@ -16,6 +16,7 @@
 // libuv callback ever sees a dangling session. All its timed work shares one timer.
 #pragma once
 
+#include <netinet/in.h>
 #include <uv.h>
 
 #include <cstdint>
@@ -95,7 +96,8 @@ class Session final : public FtpControl::Host,
     uint64_t started_ms() const { return started_ms_; }
 
     // Takes the pending connection from the listener and starts connecting upstream.
-    void accept(uv_stream_t* listener);
+    // `nodelay_inherited`: the listener has TCP_NODELAY, which Linux passes on to the socket.
+    void accept(uv_stream_t* listener, bool nodelay_inherited = false);
 
     // Forced end: RST both sides (restart), or close them now (grace period over).
     void abort(bool with_reset);
@@ -219,7 +221,7 @@ class Session final : public FtpControl::Host,
     // active-mode FTP data connection).
     Endpoint* accepted_ = &client_;
     Endpoint* outgoing_ = &upstream_;
-    std::optional<DataTarget> data_;
+    std::unique_ptr<const DataTarget> data_;  // most sessions are not FTP data: 8 bytes
     config::Channel channel_ = config::Channel::any;
     std::unique_ptr<FtpControl> ftp_;
     Pipe up_{*this, client_, upstream_, config::Direction::upstream, deadlines_};
@@ -239,7 +241,11 @@ class Session final : public FtpControl::Host,
     std::unique_ptr<std::vector<faults::TriggerSet>> added_rules_;
     std::vector<std::string> slots_;
     uint64_t ordinal_ = 0;
-    sockaddr_storage peer_{};
+    union {
+        sockaddr sa;
+        sockaddr_in v4;
+        sockaddr_in6 v6;
+    } peer_{};  // TCP peers only: 28 bytes, not sockaddr_storage's 128
     std::vector<std::pair<uint32_t, uint32_t>> pending_fire_;  // (set, rule) firing next
     faults::SplitMix64 rng_;
 
