@@ -9,8 +9,10 @@
 //  - a SIMD filter for everything inside a read: each literal has a fingerprint, its bytes at
 //    two offsets (o1, o2) chosen for the whole set so that as many literals as possible share
 //    one and the bytes are rare in typical traffic ("never-sent-marker-1" and "-2" share one).
-//    32 (AVX2) or 64 (AVX-512BW) positions are tested per step; only a position whose two bytes
-//    match a fingerprint is compared with that fingerprint's literals.
+//    Up to 4 distinct fingerprints, each is compared at 32 (AVX2) or 64 (AVX-512BW) positions
+//    per step. With more, the filter is Hyperscan's "Teddy": the literals' first 3 bytes, in 8
+//    buckets, looked up by nibble with byte shuffles, so its cost does not grow with the
+//    number of literals. Only a position that passes is compared with the literals.
 // So a chunk costs one filter pass plus at most 2 x max_len() automaton steps; a chunk shorter
 // than a few literal lengths simply runs the automaton.
 #pragma once
@@ -32,7 +34,8 @@ class LiteralSet {
     size_t size() const { return literals_.size(); }
     const std::string& literal(size_t id) const { return literals_[id]; }
     size_t max_len() const { return max_len_; }
-    // The filter kernel in use ("avx512bw", "avx2", "generic"), for diagnostics and tests.
+    // The filter kernel in use ("avx512bw", "avx2", "teddy-avx512bw", "teddy-avx2",
+    // "generic"), for diagnostics and tests.
     const char* kernel() const;
 
     // Calls hit(end, id) for every occurrence of a literal that ends inside [p, p+n), given the
@@ -44,8 +47,7 @@ class LiteralSet {
     // The state after [p, p+n), given the state before.
     State advance(State s, const char* p, size_t n) const;
 
-    // Uses the named kernel ("generic", "avx2", "avx512bw"); false if this CPU lacks it. Tests
-    // compare them.
+    // Uses the named kernel (see kernel()); false if this CPU lacks it. Tests compare them.
     bool use_kernel(const char* name);
 
   private:
@@ -63,6 +65,7 @@ class LiteralSet {
     void verify(const uint8_t* p, size_t n, size_t i, Hit&& hit) const;
     void build_automaton();
     void choose_fingerprints();
+    void build_teddy();
 
     static size_t filter_tail(const LiteralSet&, const uint8_t* p, size_t i, size_t last,
                               uint32_t* out, size_t k, size_t cap, size_t* resume);
@@ -73,6 +76,9 @@ class LiteralSet {
                               size_t*);
     static size_t filter_avx512(const LiteralSet&, const uint8_t*, size_t, uint32_t*, size_t,
                                 size_t*);
+    static size_t teddy_avx2(const LiteralSet&, const uint8_t*, size_t, uint32_t*, size_t, size_t*);
+    static size_t teddy_avx512(const LiteralSet&, const uint8_t*, size_t, uint32_t*, size_t,
+                               size_t*);
 #endif
 
     std::vector<std::string> literals_;
@@ -89,6 +95,11 @@ class LiteralSet {
     // The filter.
     size_t o1_ = 0, o2_ = 0;
     std::vector<Fingerprint> prints_;
+    // Teddy: for the literals' bytes 0..teddy_len_-1, per low and high nibble, the buckets
+    // (bits) holding a literal with that nibble there.
+    size_t teddy_len_ = 0;
+    uint8_t teddy_lo_[3][16] = {};
+    uint8_t teddy_hi_[3][16] = {};
     Kernel kernel_ = nullptr;
 };
 

@@ -444,7 +444,7 @@ TEST_CASE("trigger set fires what one Trigger per rule fires, at the same offset
         Scenario sc = random_scenario(rng);
         auto want = run_reference(sc);
         with_events += !want.empty();
-        for (const char* kernel : {"generic", "avx2"}) {
+        for (const char* kernel : {"generic", "avx2", "teddy-avx2"}) {
             auto got = run_engine(sc, kernel);
             INFO("round ", round, " kernel ", std::string(kernel));
             INFO("want ", show(want));
