@@ -164,6 +164,9 @@ void LiteralSet::build_automaton() {
             }
         }
     }
+    if (out_.size() >= kOutput) throw std::invalid_argument("LiteralSet: too many states");
+    for (State& t : next_)
+        if (out_[t] >= 0 || dict_[t] != 0) t |= kOutput;
 }
 
 void LiteralSet::choose_fingerprints() {
@@ -253,7 +256,7 @@ size_t LiteralSet::filter_generic(const LiteralSet& set, const uint8_t* p, size_
     using U = uint64_t __attribute__((vector_size(16)));
     constexpr size_t W = 16;
     const size_t o1 = set.o1_, o2 = set.o2_;
-    const size_t last = n - set.min_len_;  // n > 2 * max_len here
+    const size_t last = n - set.min_len_;  // n >= min_len here
     size_t k = 0;
     size_t i = 0;
     for (; i + W - 1 <= last; i += W) {  // i + W - 1 + o2 < n: the loads stay inside

@@ -13,8 +13,8 @@
 //    per step. With more, the filter is Hyperscan's "Teddy": the literals' first 3 bytes, in 8
 //    buckets, looked up by nibble with byte shuffles, so its cost does not grow with the
 //    number of literals. Only a position that passes is compared with the literals.
-// So a chunk costs one filter pass plus at most 2 x max_len() automaton steps; a chunk shorter
-// than a few literal lengths simply runs the automaton.
+// So a chunk costs one filter pass plus at most 2 x max_len() automaton steps (usually
+// max_len(): a read seldom starts inside a partial match).
 #pragma once
 
 #include <cstddef>
@@ -58,7 +58,11 @@ class LiteralSet {
     using Kernel = size_t (*)(const LiteralSet&, const uint8_t* p, size_t n, uint32_t* out,
                               size_t cap, size_t* resume);
 
-    State step(State s, uint8_t c) const { return next_[s * classes_ + class_of_[c]]; }
+    // A transition's target, with kOutput set when some literal ends there (itself or down
+    // its suffix chain): the common step is a load, a mask and a test.
+    static constexpr State kOutput = State{1} << 31;
+    State edge(State s, uint8_t c) const { return next_[s * classes_ + class_of_[c]]; }
+    State step(State s, uint8_t c) const { return edge(s, c) & ~kOutput; }
     template <class Hit>
     void run_dfa(State& s, const uint8_t* p, size_t n, size_t base, Hit&& hit) const;
     template <class Hit>
@@ -84,8 +88,8 @@ class LiteralSet {
     std::vector<std::string> literals_;
     size_t min_len_ = 0;
     size_t max_len_ = 0;
-    // The automaton: next_[state * classes_ + class], the literal a state completes (-1), the
-    // next state down its suffix chain that completes one (0: none), and its depth.
+    // The automaton: next_[state * classes_ + class] (| kOutput), the literal a state completes
+    // (-1), the next state down its suffix chain that completes one (0: none), and its depth.
     uint8_t class_of_[256] = {};
     uint32_t classes_ = 1;
     std::vector<State> next_;
@@ -106,9 +110,12 @@ class LiteralSet {
 template <class Hit>
 void LiteralSet::run_dfa(State& s, const uint8_t* p, size_t n, size_t base, Hit&& hit) const {
     for (size_t i = 0; i < n; ++i) {
-        s = step(s, p[i]);
-        for (State o = out_[s] >= 0 ? s : dict_[s]; o != 0; o = dict_[o])
-            hit(base + i + 1, static_cast<size_t>(out_[o]));
+        State t = edge(s, p[i]);
+        s = t & ~kOutput;
+        if (t & kOutput) [[unlikely]] {
+            for (State o = out_[s] >= 0 ? s : dict_[s]; o != 0; o = dict_[o])
+                hit(base + i + 1, static_cast<size_t>(out_[o]));
+        }
     }
 }
 
@@ -129,11 +136,6 @@ void LiteralSet::verify(const uint8_t* p, size_t n, size_t i, Hit&& hit) const {
 template <class Hit>
 void LiteralSet::scan(State s, const char* data, size_t n, Hit&& hit) const {
     const auto* p = reinterpret_cast<const uint8_t*>(data);
-    // Short reads: the automaton alone (no filter set-up for a few bytes).
-    if (n <= 2 * max_len_ + 64) {
-        run_dfa(s, p, n, 0, hit);
-        return;
-    }
     // Occurrences that began before p: run the automaton until its current partial match
     // starts inside this read (at most max_len() bytes).
     for (size_t i = 0; s != 0 && i < n; ++i) {
@@ -141,6 +143,7 @@ void LiteralSet::scan(State s, const char* data, size_t n, Hit&& hit) const {
         if (depth_[s] <= i + 1) break;
     }
     // Occurrences inside the read: candidates from the filter, in batches.
+    if (n < min_len_) return;
     uint32_t cand[256];
     size_t from = 0;
     for (;;) {

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <string_view>
 
+#include "faults/fault_list.hpp"
 #include "faults/trigger.hpp"
 
 namespace tcpfault::faults {
@@ -96,6 +97,57 @@ RuleProgram::RuleProgram(std::shared_ptr<const config::Proxy> proxy) : proxy_(st
     }
     for (int d = 0; d < 2; ++d)
         if (!lits[d].empty()) literals_[d] = std::make_unique<LiteralSet>(std::move(lits[d]));
+
+    words_ = std::max<size_t>(1, (specs_.size() + 63) / 64);
+    masks_.assign(4 * words_, 0);
+    auto set = [this](int row, size_t i) {
+        masks_[row * words_ + i / 64] |= uint64_t{1} << (i % 64);
+    };
+    for (size_t i = 0; i < specs_.size(); ++i) {
+        Spec& s = specs_[i];
+        const config::Rule& r = *s.rule;
+        // Its starting state, summarized (see TriggerSet::recompute).
+        for (int d = 0; d < 2; ++d) {
+            if (!s.has_when || !(s.dirs & (1 << d))) continue;
+            if (s.reads) s.flags0[d] |= TriggerSet::kWatch;
+            if (s.match)
+                s.flags0[d] |= s.empty_literal     ? TriggerSet::kEmpty
+                               : s.line != nullptr ? TriggerSet::kLine
+                                                   : TriggerSet::kLiteral;
+        }
+        for (int d = 0; d < 2; ++d)
+            if (s.has_when && (s.dirs & (1 << d)) && !s.match && s.has_after_bytes)
+                s.threshold0[d] = s.after_bytes;
+        if (s.has_when && !s.match && s.timed) s.timer0 = s.after_us;
+        // Started at accept (offset 0, time from now): fires, or armed, right away?
+        bool untimed_counting =
+            s.has_when && !s.match && !s.timed && (!s.has_after_bytes || s.after_bytes == 0);
+        if (!s.has_when || (untimed_counting && !s.next_byte)) set(1, i);
+        if (untimed_counting && s.next_byte) set(2, i);
+        const auto* clamp = std::get_if<ClampFault>(&r.fault);
+        if (clamp != nullptr && !r.when && hits_server(clamp->side)) set(3, i);
+        // Matching at accept.
+        bool wide = std::holds_alternative<RefuseFault>(r.fault) ||
+                    std::holds_alternative<RestartFault>(r.fault);
+        if (std::holds_alternative<CapFault>(r.fault)) in_order_ = true;
+        if (!r.enabled || wide) continue;
+        const config::Match& m = r.match;
+        bool unconditional = m.clients.empty() && m.channel == config::Channel::any &&
+                             m.connections.kind == config::ConnectionsMatch::Kind::any &&
+                             !m.probability && !m.schedule && !m.limit;
+        if (unconditional && !std::holds_alternative<CapFault>(r.fault)) {
+            set(0, i);
+            any_always_ = true;
+        } else {
+            checked_.push_back(static_cast<uint32_t>(i));
+        }
+    }
+}
+
+bool RuleProgram::preconnect_clamp(const uint64_t* applied) const {
+    for (size_t w = 0; w < words_; ++w)
+        if (applied[w] & masks_[3 * words_ + w]) return true;
+    return false;
 }
 
 long RuleProgram::index_of(const config::Rule* r) const {
@@ -142,6 +194,11 @@ void TriggerSet::set_bit(int which, size_t rule) {
 
 void TriggerSet::apply(size_t rule) {
     set_bit(0, rule);
+}
+
+void TriggerSet::apply(const uint64_t* rows) {
+    uint64_t* a = big_ ? big_.get() : small_;
+    for (size_t w = 0; w < program_->words(); ++w) a[w] |= rows[w];
 }
 
 TriggerSet::Extra& TriggerSet::extra() {
@@ -215,10 +272,33 @@ void TriggerSet::recompute() {
     auto deadline = [this](uint64_t t) {
         if (t != 0 && (deadline_ == 0 || t < deadline_)) deadline_ = t;
     };
+    // Rules in their starting state: what the program summarized for each, folded.
+    const std::vector<Live>* live = extra_ && !extra_->live.empty() ? &extra_->live : nullptr;
+    auto is_live = [live](size_t i) {
+        return live != nullptr &&
+               std::any_of(live->begin(), live->end(), [i](const Live& l) { return l.rule == i; });
+    };
+    const uint64_t* a = applied_rows();
+    const uint64_t* dn = a + program_->words();
+    uint64_t timer = UINT64_MAX;
+    for (size_t w = 0; w < program_->words(); ++w) {
+        for (uint64_t b = a[w] & ~dn[w]; b != 0; b &= b - 1) {
+            size_t i = w * 64 + static_cast<size_t>(__builtin_ctzll(b));
+            if (is_live(i)) continue;
+            const RuleProgram::Spec& s = program_->spec(i);
+            dir_[0].flags |= s.flags0[0];
+            dir_[1].flags |= s.flags0[1];
+            dir_[0].threshold = std::min(dir_[0].threshold, s.threshold0[0]);
+            dir_[1].threshold = std::min(dir_[1].threshold, s.threshold0[1]);
+            if (s.timer0 != 0) timer = std::min(timer, s.timer0);
+        }
+    }
+    if (timer != UINT64_MAX) deadline(time_base_us_ + timer);
+    if (live == nullptr) return;
+    // Rules with a trigger past its starting state.
     each_applied([&](size_t i) {
-        if (done(i)) return;
+        if (done(i) || !is_live(i)) return;
         const RuleProgram::Spec& s = program_->spec(i);
-        if (!s.has_when) return;
         for (int d = 0; d < 2; ++d) {
             if (!(s.dirs & (1 << d))) continue;
             M m = get(i, d);
@@ -250,6 +330,26 @@ void TriggerSet::start(bool catch_up, uint64_t time_base_us, uint64_t now_us, co
                        std::vector<uint32_t>& fire) {
     if (!program_) return;
     time_base_us_ = time_base_us;
+    if (!catch_up && off[0] == 0 && off[1] == 0) {
+        // At accept, what each rule does when started is known from the program alone.
+        const uint64_t* a = applied_rows();
+        const uint64_t* f = program_->start_fire();
+        const uint64_t* arm = program_->start_arm();
+        for (size_t w = 0; w < program_->words(); ++w) {
+            for (uint64_t b = a[w] & f[w] & ~row(1)[w]; b != 0; b &= b - 1) {
+                size_t i = w * 64 + static_cast<size_t>(__builtin_ctzll(b));
+                set_bit(1, i);
+                fire.push_back(static_cast<uint32_t>(i));
+            }
+            for (uint64_t b = a[w] & arm[w] & ~row(1)[w]; b != 0; b &= b - 1) {
+                size_t i = w * 64 + static_cast<size_t>(__builtin_ctzll(b));
+                for (int d = 0; d < 2; ++d)
+                    if (program_->spec(i).dirs & (1 << d)) put(i, d, M{Phase::armed, true, 0, 0});
+            }
+        }
+        recompute();
+        return;
+    }
     each_applied([&](size_t i) {
         if (done(i)) return;
         const RuleProgram::Spec& s = program_->spec(i);

@@ -48,6 +48,18 @@ class RuleProgram {
     long index_of(const config::Rule* r) const;
     const config::Proxy& proxy() const { return *proxy_; }
 
+    // For matching at accept without looking at every rule: the rules every connection gets
+    // (enabled, nothing in `match` to check, not proxy-wide), as a bit row of words(); the
+    // rules whose `match` must be checked per connection, in order; and whether that has to
+    // go rule by rule in order (a `cap` rule, which may hold or reject, is there).
+    size_t words() const { return words_; }
+    const uint64_t* always() const { return masks_.data(); }
+    bool any_always() const { return any_always_; }
+    const std::vector<uint32_t>& checked() const { return checked_; }
+    bool in_order() const { return in_order_; }
+    // Some rule of `applied` is a `clamp` acting on the server socket before it connects.
+    bool preconnect_clamp(const uint64_t* applied) const;
+
     // One rule's `when`, flattened.
     struct Spec {
         const config::Rule* rule = nullptr;
@@ -63,6 +75,10 @@ class RuleProgram {
         uint64_t after_us = 0;
         int32_t literal[2] = {-1, -1};  // its literal in each direction's LiteralSet
         const re2::RE2* line = nullptr;
+        // What it adds, in its starting state, to TriggerSet's per-direction summary.
+        uint8_t flags0[2] = {0, 0};
+        uint64_t threshold0[2] = {UINT64_MAX, UINT64_MAX};
+        uint64_t timer0 = 0;  // its `after` from the start, when it counts from the start
     };
     const Spec& spec(size_t i) const { return specs_[i]; }
     // Per direction (0 upstream, 1 downstream): the literals and the rules waiting on each.
@@ -71,9 +87,19 @@ class RuleProgram {
         return literal_rules_[d][id];
     }
 
+    // Bit rows: the rules that fire when started at accept (nothing to wait for), and those
+    // armed then (next_byte with nothing else to wait for).
+    const uint64_t* start_fire() const { return masks_.data() + words_; }
+    const uint64_t* start_arm() const { return masks_.data() + 2 * words_; }
+
   private:
     std::shared_ptr<const config::Proxy> proxy_;
     std::vector<Spec> specs_;
+    size_t words_ = 1;
+    std::vector<uint64_t> masks_;  // always, start_fire, start_arm, preconnect clamp
+    std::vector<uint32_t> checked_;
+    bool any_always_ = false;
+    bool in_order_ = false;
     std::unique_ptr<LiteralSet> literals_[2];
     std::vector<std::vector<uint32_t>> literal_rules_[2];
 };
@@ -91,8 +117,10 @@ class TriggerSet {
 
     bool empty() const { return !program_; }
     const RuleProgram* program() const { return program_.get(); }
-    // Rules are applied before start().
+    // Rules are applied before start(): one, or a bit row of program()->words() words.
     void apply(size_t rule);
+    void apply(const uint64_t* rows);
+    const uint64_t* applied_rows() const { return big_ ? big_.get() : small_; }
     bool applied(size_t rule) const { return program_ && bit(0, rule); }
     bool done(size_t rule) const { return bit(1, rule); }
     // The applied rules, in order: fn(index).
@@ -143,8 +171,11 @@ class TriggerSet {
     enum class Phase : uint8_t { matching, counting, armed, fired };
     Phase phase(size_t rule, config::Direction d) const;
 
-  private:
+    // A direction's summary flags: some trigger reads it, one is armed, waits on a literal, a
+    // line, an empty literal (which matches at the next byte).
     static constexpr uint8_t kWatch = 1, kArmed = 2, kLiteral = 4, kLine = 8, kEmpty = 16;
+
+  private:
     struct DirState {
         uint64_t threshold = UINT64_MAX;  // earliest byte threshold of a counting trigger
         LiteralSet::State ac = 0;         // the literal automaton
@@ -175,6 +206,8 @@ class TriggerSet {
 
     static int index(config::Direction d) { return d == config::Direction::upstream ? 0 : 1; }
     bool bit(int which, size_t rule) const;
+    // Row 0: applied, row 1: done.
+    uint64_t* row(int which) { return (big_ ? big_.get() : small_) + which * program_->words(); }
     void set_bit(int which, size_t rule);
     M initial(size_t rule) const;
     M get(size_t rule, int d) const;
@@ -200,8 +233,10 @@ class TriggerSet {
 template <class Fn>
 void TriggerSet::each_applied(Fn&& fn) const {
     if (!program_) return;
-    for (size_t i = 0; i < program_->size(); ++i)
-        if (bit(0, i)) fn(i);
+    const uint64_t* rows = applied_rows();
+    for (size_t w = 0; w < program_->words(); ++w)
+        for (uint64_t b = rows[w]; b != 0; b &= b - 1)
+            fn(w * 64 + static_cast<size_t>(__builtin_ctzll(b)));
 }
 
 }  // namespace tcpfault::faults

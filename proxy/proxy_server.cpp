@@ -368,6 +368,27 @@ ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* clie
     s.set_ordinal(facts.ordinal);
     facts.client = client;
     facts.since_start = since_start();
+    if (!program_->in_order()) {
+        // No `cap` rule: the rules every connection gets in one go, then only those with
+        // something in `match` to check.
+        bool given = false;
+        auto give = [&] {
+            if (!given) s.set_rule_program(program_);  // only if some rule applies
+            given = true;
+        };
+        if (program_->any_always()) {
+            give();
+            s.apply_rules(program_->always());
+        }
+        for (uint32_t i : program_->checked()) {
+            const config::Rule& rule = cfg_->rules[i];
+            uint64_t n = rule.match.limit ? fired(rule.name) : 0;
+            if (!faults::rule_matches(rule, facts, seed_, n)) continue;
+            give();
+            s.apply_rule(&rule);
+        }
+        return Admission::admit;
+    }
     bool program_given = false;
     for (const auto& rule : cfg_->rules) {
         // The injection count (a lock and a lookup) matters only under `limit`.

@@ -118,6 +118,8 @@ class Session final : public FtpControl::Host,
     void set_rule_program(std::shared_ptr<const faults::RuleProgram> program);
     // Applies one of the proxy's matching rules to this connection at accept.
     void apply_rule(const config::Rule* rule);
+    // Applies the rules of a bit row of the program given to set_rule_program() (at accept).
+    void apply_rules(const uint64_t* rows) { rules_.apply(rows); }
     // Same for a rule that appeared while the connection was open; `snapshot` owns the rule.
     void apply_runtime_rule(const config::Rule* rule,
                             std::shared_ptr<const config::Proxy> snapshot);

@@ -172,6 +172,8 @@ void Session::log_fault(const config::Rule& rule) {
 
 bool Session::has_preconnect_clamp() const {
     if (outgoing_ != &upstream_) return false;
+    if (!rules_.empty() && rules_.program()->preconnect_clamp(rules_.applied_rows())) return true;
+    if (!added_rules_) return false;
     bool any = false;
     each_rule([&](const config::Rule& r) {
         const auto* f = std::get_if<config::ClampFault>(&r.fault);
