@@ -196,7 +196,7 @@ void TriggerSet::apply(size_t rule) {
     set_bit(0, rule);
 }
 
-void TriggerSet::apply(const uint64_t* rows) {
+void TriggerSet::apply_rows(const uint64_t* rows) {
     uint64_t* a = big_ ? big_.get() : small_;
     for (size_t w = 0; w < program_->words(); ++w) a[w] |= rows[w];
 }

@@ -119,7 +119,7 @@ class TriggerSet {
     const RuleProgram* program() const { return program_.get(); }
     // Rules are applied before start(): one, or a bit row of program()->words() words.
     void apply(size_t rule);
-    void apply(const uint64_t* rows);
+    void apply_rows(const uint64_t* rows);
     const uint64_t* applied_rows() const { return big_ ? big_.get() : small_; }
     bool applied(size_t rule) const { return program_ && bit(0, rule); }
     bool done(size_t rule) const { return bit(1, rule); }

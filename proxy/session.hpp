@@ -119,7 +119,7 @@ class Session final : public FtpControl::Host,
     // Applies one of the proxy's matching rules to this connection at accept.
     void apply_rule(const config::Rule* rule);
     // Applies the rules of a bit row of the program given to set_rule_program() (at accept).
-    void apply_rules(const uint64_t* rows) { rules_.apply(rows); }
+    void apply_rules(const uint64_t* rows) { rules_.apply_rows(rows); }
     // Same for a rule that appeared while the connection was open; `snapshot` owns the rule.
     void apply_runtime_rule(const config::Rule* rule,
                             std::shared_ptr<const config::Proxy> snapshot);
