@@ -5,6 +5,7 @@
 #include <map>
 #include <mutex>
 #include <string_view>
+#include <unordered_map>
 
 #include "faults/fault_list.hpp"
 #include "faults/trigger.hpp"
@@ -59,6 +60,7 @@ std::shared_ptr<const RuleProgram> RuleProgram::of(
 
 RuleProgram::RuleProgram(std::shared_ptr<const config::Proxy> proxy) : proxy_(std::move(proxy)) {
     std::vector<std::string> lits[2];
+    std::unordered_map<std::string, int32_t> ids[2];  // rules with the same literal share it
     specs_.reserve(proxy_->rules.size());
     for (const config::Rule& r : proxy_->rules) {
         Spec s;
@@ -82,14 +84,10 @@ RuleProgram::RuleProgram(std::shared_ptr<const config::Proxy> proxy) : proxy_(st
             if (w.data && !w.data->empty()) {
                 for (int d = 0; d < 2; ++d) {
                     if (!(s.dirs & (1 << d))) continue;
-                    auto it = std::find(lits[d].begin(), lits[d].end(), *w.data);
-                    s.literal[d] = static_cast<int32_t>(it - lits[d].begin());
-                    if (it == lits[d].end()) {
-                        lits[d].push_back(*w.data);
-                        literal_rules_[d].emplace_back();
-                    }
-                    literal_rules_[d][static_cast<size_t>(s.literal[d])].push_back(
-                        static_cast<uint32_t>(specs_.size()));
+                    auto [it, added] =
+                        ids[d].emplace(*w.data, static_cast<int32_t>(lits[d].size()));
+                    if (added) lits[d].push_back(*w.data);
+                    s.literal[d] = it->second;
                 }
             }
         }

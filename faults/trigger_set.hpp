@@ -81,11 +81,8 @@ class RuleProgram {
         uint64_t timer0 = 0;  // its `after` from the start, when it counts from the start
     };
     const Spec& spec(size_t i) const { return specs_[i]; }
-    // Per direction (0 upstream, 1 downstream): the literals and the rules waiting on each.
+    // Per direction (0 upstream, 1 downstream): the `data` literals (Spec::literal indexes).
     const LiteralSet* literals(int d) const { return literals_[d].get(); }
-    const std::vector<uint32_t>& rules_of_literal(int d, size_t id) const {
-        return literal_rules_[d][id];
-    }
 
     // Bit rows: the rules that fire when started at accept (nothing to wait for), and those
     // armed then (next_byte with nothing else to wait for).
@@ -101,7 +98,6 @@ class RuleProgram {
     bool any_always_ = false;
     bool in_order_ = false;
     std::unique_ptr<LiteralSet> literals_[2];
-    std::vector<std::vector<uint32_t>> literal_rules_[2];
 };
 
 class TriggerSet {
@@ -167,7 +163,7 @@ class TriggerSet {
     // A rule fired (elsewhere) or was lifted: nothing of it stays.
     void finish(size_t rule);
 
-    // For tests and the connection listing: the state of one rule's trigger in a direction.
+    // For tests and diagnostics: the state of one rule's trigger in a direction.
     enum class Phase : uint8_t { matching, counting, armed, fired };
     Phase phase(size_t rule, config::Direction d) const;
 
