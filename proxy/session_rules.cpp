@@ -108,6 +108,14 @@ Pipe::ScanResult Session::scan(config::Direction dir, const char* p, size_t n) {
     // firing earlier holds or discards. A chunk nothing happens in costs each set one probe
     // (one pass of its literal filter) and a few comparisons.
     uint64_t off = pipe(dir).forwarded();
+    if (!added_rules_) {
+        // The usual case: only the rules of accept, and nothing happens in this chunk.
+        faults::TriggerSet::Probe pr = rules_.probe(dir, p, n, off);
+        if (!pr.touched) {
+            rules_.commit(dir, p, n, n, false, off, 0, t_firing);
+            return {n, false, false};
+        }
+    }
     size_t sets = rule_sets();
     faults::TriggerSet::Probe best;
     uint64_t touched = 0;  // sets whose probe saw a state change (bit k; beyond 63: always)
