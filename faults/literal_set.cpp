@@ -9,6 +9,9 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 namespace tcpfault::faults {
 
@@ -45,6 +48,10 @@ LiteralSet::LiteralSet(std::vector<std::string> literals) : literals_(std::move(
     choose_fingerprints();
     build_teddy();
     kernel_ = filter_generic;
+#if defined(__aarch64__)
+    // NEON's byte table lookup (tbl) makes the portable Teddy fast there.
+    if (prints_.size() > 2) kernel_ = teddy_generic;
+#endif
 #if defined(__x86_64__)
     __builtin_cpu_init();
     // Teddy where it beats comparing each fingerprint (measured on AMD EPYC, Zen 4: per
@@ -80,6 +87,10 @@ bool LiteralSet::use_kernel(const char* name) {
         kernel_ = filter_generic;
         return true;
     }
+    if (k == "teddy-generic") {
+        kernel_ = teddy_generic;
+        return true;
+    }
 #if defined(__x86_64__)
     bool avx2 = __builtin_cpu_supports("avx2"), avx512 = __builtin_cpu_supports("avx512bw");
     Kernel want = k == "avx2" && avx2               ? filter_avx2
@@ -102,6 +113,7 @@ const char* LiteralSet::kernel() const {
     if (kernel_ == teddy_avx512) return "teddy-avx512bw";
     if (kernel_ == teddy_avx2) return "teddy-avx2";
 #endif
+    if (kernel_ == teddy_generic) return "teddy-generic";
     return "generic";
 }
 
@@ -274,6 +286,60 @@ size_t LiteralSet::filter_generic(const LiteralSet& set, const uint8_t* p, size_
         }
         for (size_t j = 0; j < W; ++j)
             if (m[j] != 0) out[k++] = static_cast<uint32_t>(i + j);
+    }
+    return filter_tail(set, p, i, last, out, k, cap, resume);
+}
+
+// Teddy in GCC's portable vector code: __builtin_shuffle is one table lookup instruction on
+// NEON (tbl) and with SSSE3 (pshufb); on a plain x86-64 baseline it is emulated (slow), and
+// x86-64 has the AVX2 kernels anyway.
+namespace {
+using V16 = uint8_t __attribute__((vector_size(16)));
+// table[idx[q] & 15] for each of the 16 bytes.
+inline V16 lookup16(V16 table, V16 idx) {
+#if defined(__aarch64__)
+    return reinterpret_cast<V16>(
+        vqtbl1q_u8(reinterpret_cast<uint8x16_t>(table), reinterpret_cast<uint8x16_t>(idx & 15)));
+#elif defined(__clang__)
+    V16 r;  // clang has no __builtin_shuffle with a variable mask (this path: tests only)
+    for (int q = 0; q < 16; ++q) r[q] = table[idx[q] & 15];
+    return r;
+#else
+    return __builtin_shuffle(table, idx);
+#endif
+}
+}  // namespace
+
+size_t LiteralSet::teddy_generic(const LiteralSet& set, const uint8_t* p, size_t n, uint32_t* out,
+                                 size_t cap, size_t* resume) {
+    using V = V16;
+    using U = uint64_t __attribute__((vector_size(16)));
+    constexpr size_t W = 16;
+    const size_t last = n - set.min_len_;
+    const size_t m = set.teddy_len_;
+    V lo[3], hi[3];
+    for (size_t j = 0; j < m; ++j) {
+        std::memcpy(&lo[j], set.teddy_lo_[j], W);
+        std::memcpy(&hi[j], set.teddy_hi_[j], W);
+    }
+    size_t k = 0;
+    size_t i = 0;
+    for (; i + W - 1 <= last; i += W) {
+        V acc = ~V{};
+        for (size_t j = 0; j < m; ++j) {
+            V v;
+            std::memcpy(&v, p + i + j, W);
+            acc &= lookup16(lo[j], v & 15) & lookup16(hi[j], v >> 4);
+        }
+        U u;
+        std::memcpy(&u, &acc, sizeof u);
+        if ((u[0] | u[1]) == 0) continue;
+        if (k + W > cap) {
+            *resume = i;
+            return k;
+        }
+        for (size_t q = 0; q < W; ++q)
+            if (acc[q] != 0) out[k++] = static_cast<uint32_t>(i + q);
     }
     return filter_tail(set, p, i, last, out, k, cap, resume);
 }

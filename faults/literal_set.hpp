@@ -34,8 +34,9 @@ class LiteralSet {
     size_t size() const { return literals_.size(); }
     const std::string& literal(size_t id) const { return literals_[id]; }
     size_t max_len() const { return max_len_; }
-    // The filter kernel in use ("avx512bw", "avx2", "teddy-avx512bw", "teddy-avx2",
-    // "generic"), for diagnostics and tests.
+    // The filter kernel in use ("avx512bw", "avx2", "teddy-avx512bw", "teddy-avx2", "generic",
+    // "teddy-generic": GCC vector code, a byte shuffle per lookup, for NEON), for diagnostics
+    // and tests.
     const char* kernel() const;
 
     // Calls hit(end, id) for every occurrence of a literal that ends inside [p, p+n), given the
@@ -75,6 +76,8 @@ class LiteralSet {
                               uint32_t* out, size_t k, size_t cap, size_t* resume);
     static size_t filter_generic(const LiteralSet&, const uint8_t*, size_t, uint32_t*, size_t,
                                  size_t*);
+    static size_t teddy_generic(const LiteralSet&, const uint8_t*, size_t, uint32_t*, size_t,
+                                size_t*);
 #if defined(__x86_64__)
     static size_t filter_avx2(const LiteralSet&, const uint8_t*, size_t, uint32_t*, size_t,
                               size_t*);

@@ -148,7 +148,8 @@ void check_literal_set(fuzz::Input& in) {
              at = stream.find(lits[id], at + 1))
             want[(at + lits[id].size()) * k + id] = 1;
     faults::LiteralSet set(lits);
-    for (const char* kernel : {"generic", "avx2", "avx512bw", "teddy-avx2", "teddy-avx512bw"}) {
+    for (const char* kernel :
+         {"generic", "avx2", "avx512bw", "teddy-avx2", "teddy-avx512bw", "teddy-generic"}) {
         if (!set.use_kernel(kernel)) continue;
         std::vector<uint8_t> got(want.size(), 0);
         faults::LiteralSet::State st = 0;

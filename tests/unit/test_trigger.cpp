@@ -321,7 +321,8 @@ TEST_CASE("literal set reports exactly the occurrences a plain search finds, for
             if (l.size() < s.size()) s.replace(rng() % (s.size() - l.size()), l.size(), l);
         }
         auto want = naive_occurrences(s, lits);
-        for (const char* kernel : {"generic", "avx2", "avx512bw", "teddy-avx2", "teddy-avx512bw"}) {
+        for (const char* kernel :
+             {"generic", "avx2", "avx512bw", "teddy-avx2", "teddy-avx512bw", "teddy-generic"}) {
             if (!set.use_kernel(kernel)) continue;
             for (int cut = 0; cut < 4; ++cut) {
                 std::vector<size_t> pieces;
