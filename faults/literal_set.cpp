@@ -349,6 +349,12 @@ namespace {
 __attribute__((target("avx2"))) inline __m256i hit(__m256i x, __m256i y, __m256i pa, __m256i pb) {
     return _mm256_and_si256(_mm256_cmpeq_epi8(x, pa), _mm256_cmpeq_epi8(y, pb));
 }
+// Positions of the 64 at x where x[i] == a and y[i] == b.
+__attribute__((target("avx512bw"))) inline __mmask64 pair_mask(const uint8_t* x, const uint8_t* y,
+                                                               __m512i a, __m512i b) {
+    return _mm512_mask_cmpeq_epi8_mask(_mm512_cmpeq_epi8_mask(_mm512_loadu_si512(x), a),
+                                       _mm512_loadu_si512(y), b);
+}
 }  // namespace
 
 __attribute__((target("avx2"))) size_t LiteralSet::filter_avx2(const LiteralSet& set,
@@ -415,6 +421,29 @@ __attribute__((target("avx512bw"))) size_t LiteralSet::filter_avx512(const Liter
     }
     size_t k = 0;
     size_t i = 0;
+    if (nf == 1) {
+        // One fingerprint (the common case: a few rules, or similar literals): 256 bytes per
+        // step, one test for all four masks.
+        const uint8_t* x = p + o1;
+        const uint8_t* y = p + o2;
+        for (; i + 4 * W - 1 <= last; i += 4 * W) {
+            __mmask64 m[4] = {pair_mask(x + i, y + i, a[0], b[0]),
+                              pair_mask(x + i + W, y + i + W, a[0], b[0]),
+                              pair_mask(x + i + 2 * W, y + i + 2 * W, a[0], b[0]),
+                              pair_mask(x + i + 3 * W, y + i + 3 * W, a[0], b[0])};
+            if ((m[0] | m[1] | m[2] | m[3]) == 0) continue;
+            for (size_t q = 0; q < 4; ++q) {
+                uint64_t bits = m[q];
+                if (k + popcount(bits) > cap) {
+                    *resume = i + q * W;
+                    return k;
+                }
+                for (; bits != 0; bits &= bits - 1)
+                    out[k++] = static_cast<uint32_t>(i + q * W +
+                                                     static_cast<size_t>(__builtin_ctzll(bits)));
+            }
+        }
+    }
     for (; i + W - 1 <= last; i += W) {
         __m512i x = _mm512_loadu_si512(p + i + o1);
         __m512i y = _mm512_loadu_si512(p + i + o2);
