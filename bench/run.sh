@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# tcpfault benchmark: tcpfault (plain, with idle rules, with a 0 ms latency rule,
-# with workers: 2) vs no proxy vs socat vs haproxy, on 127.0.0.1.
+# tcpfault benchmark: tcpfault (plain, with 20 and 200 idle rules, with a 0 ms latency rule,
+# with workers: 2) vs no proxy vs socat vs haproxy (plain and with splice-auto) vs Toxiproxy
+# (when TOXIPROXY names its server binary), on 127.0.0.1.
 #
 #   bench/run.sh                 full run (3 rounds, about 10 minutes)
 #   QUICK=1 bench/run.sh         quick run (~2 minutes)
@@ -12,9 +13,11 @@
 #   QUICK=1          shorter runs: 2 rounds, iperf3 -t 1, short connections 1 s, 3000 round
 #                    trips, 0.1 s pauses, 2000 idle connections
 #   ROUNDS=N         alternating rounds (default 3); medians are reported
-#   CONFIGS="..."    which configurations, default
-#                    "direct tcpfault tcpfault+20rules tcpfault+lat0 tcpfault-w2 socat haproxy";
-#                    tcpfault+<N>rules, tcpfault-w<N> and tcpfault-wauto work for any N
+#   CONFIGS="..."    which configurations, default "direct tcpfault tcpfault+20rules
+#                    tcpfault+200rules tcpfault+lat0 tcpfault-w2 socat haproxy haproxy-splice
+#                    toxiproxy"; tcpfault+<N>rules, tcpfault-w<N> and tcpfault-wauto work for any N
+#   TOXIPROXY=...    the toxiproxy-server binary (Toxiproxy is not packaged: without it the
+#                    toxiproxy configuration is skipped, with a note in the log and the table)
 #   TCPFAULT_BIN=... use this binary instead of building build-bench/tcpfault
 #   BUILD_DIR=...    where tcpfault (Release) and the C tools are built (default build-bench)
 #   IPERF_T=S SC_D=S PP_N=N   iperf3 seconds, short-connection seconds, ping-pong round trips
@@ -33,7 +36,20 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 QUICK=${QUICK:-0}
-CONFIGS=${CONFIGS:-direct tcpfault tcpfault+20rules tcpfault+lat0 tcpfault-w2 socat haproxy}
+CONFIGS=${CONFIGS:-direct tcpfault tcpfault+20rules tcpfault+200rules tcpfault+lat0 tcpfault-w2 socat haproxy haproxy-splice toxiproxy}
+TOXIPROXY=${TOXIPROXY:-}
+TOXIPROXY_NOTE=""
+if [[ " $CONFIGS " == *" toxiproxy "* ]]; then
+    if [[ -z $TOXIPROXY ]]; then
+        TOXIPROXY_NOTE="Toxiproxy: not run (it is not packaged; give TOXIPROXY=/path/to/toxiproxy-server)"
+    elif [[ ! -x $TOXIPROXY ]]; then
+        TOXIPROXY_NOTE="Toxiproxy: not run (TOXIPROXY=$TOXIPROXY is not an executable file)"
+    fi
+    if [[ -n $TOXIPROXY_NOTE ]]; then
+        CONFIGS=$(tr ' ' '\n' <<<"$CONFIGS" | grep -vx toxiproxy | paste -sd' ' -)
+        printf '[bench %s] %s\n' "$(date +%T)" "$TOXIPROXY_NOTE" >&2
+    fi
+fi
 BUILD_DIR=${BUILD_DIR:-$ROOT/build-bench}
 TCPFAULT_BIN=${TCPFAULT_BIN:-}
 TCPFAULT_BUILT=0
@@ -59,13 +75,14 @@ PROXIES=()
 for c in $CONFIGS; do
     case $c in
         direct) ;;
-        tcpfault | socat | haproxy | tcpfault+lat0) PROXIES+=("$c") ;;
+        tcpfault | socat | haproxy | haproxy-splice | toxiproxy | tcpfault+lat0) PROXIES+=("$c") ;;
         *)
             if [[ $c =~ ^tcpfault\+[1-9][0-9]*rules$ || $c =~ ^tcpfault-w([1-9][0-9]*|auto)$ ]]; then
                 PROXIES+=("$c")
             else
                 echo "run.sh: unknown configuration '$c' in CONFIGS (known: direct tcpfault" \
-                    "tcpfault+<N>rules tcpfault+lat0 tcpfault-w<N> tcpfault-wauto socat haproxy)" >&2
+                    "tcpfault+<N>rules tcpfault+lat0 tcpfault-w<N> tcpfault-wauto socat haproxy" \
+                    "haproxy-splice toxiproxy)" >&2
                 exit 2
             fi
             ;;
@@ -80,6 +97,7 @@ has_config() { [[ " $CONFIGS " == *" $1 "* ]]; }
 kind_of() {
     case $1 in
         tcpfault*) echo tcpfault ;;
+        haproxy*) echo haproxy ;;
         *) echo "$1" ;;
     esac
 }
@@ -186,7 +204,7 @@ wait_tcpfault() {
 # ---------------------------------------------------------------- tools
 need=(cc python3 taskset ss setsid timeout ps awk)
 has_config socat && need+=(socat)
-has_config haproxy && need+=(haproxy)
+has_kind haproxy && need+=(haproxy)
 need+=(iperf3)
 if has_kind tcpfault && [[ -z $TCPFAULT_BIN ]]; then need+=(cmake ninja); fi
 missing=()
@@ -273,7 +291,9 @@ fi
 
 # ---------------------------------------------------------------- start everything
 ALL_CPUS=$(taskset -cp $$ | sed 's/.*: *//')
-nports=$((2 + 4 * ${#PROXIES[@]}))
+# Per proxy: the iperf3 and echo instances, the idle-phase instance and its upstream, and an
+# API port for each of the three instances (Toxiproxy is configured over HTTP).
+nports=$((2 + 7 * ${#PROXIES[@]}))
 # Free ports below the ephemeral range, so the connection-heavy tests' own
 # client ports never collide with a listener.
 read -r -a ports <<<"$(python3 - "$nports" <<'EOF'
@@ -307,7 +327,10 @@ for p in "${PROXIES[@]}"; do
     # A dedicated proxy instance and idle upstream for the memory-per-connection phase.
     PORT[$p,idle]=${ports[$((i + 2))]}
     PORT[$p,idleup]=${ports[$((i + 3))]}
-    i=$((i + 4))
+    PORT[$p,api-iperf]=${ports[$((i + 4))]}
+    PORT[$p,api-echo]=${ports[$((i + 5))]}
+    PORT[$p,api-idle]=${ports[$((i + 6))]}
+    i=$((i + 7))
 done
 
 # tcpfault_yaml CFG LISTEN_PORT UPSTREAM_PORT: the configuration file of a
@@ -379,17 +402,29 @@ start_proxy() {
             start_bg "$name" socat "TCP-LISTEN:$lp,bind=127.0.0.1,fork,reuseaddr,backlog=4096" "TCP:127.0.0.1:$up"
             wait_listen "$name" "$BG_PID" "$lp"
             ;;
-        haproxy)
+        haproxy | haproxy-splice)
             # haproxy defaults otherwise: no nbthread, so one thread per usable CPU.
+            # splice-auto: haproxy moves bytes socket -> pipe -> socket with splice(2) when it
+            # sees a stream worth it (no copy through user space). Its pipes count against the
+            # fd limit (maxpipes defaults to maxconn/4, which with the idle phase's maxconn
+            # does not fit in 20,000 descriptors); 64 pipes are plenty for 4 bulk streams.
+            local splice_global="" splice_defaults=""
+            if [[ $cfg == haproxy-splice ]]; then
+                # The idle phase (maxconn near the fd limit) moves 1 byte per connection.
+                splice_global="    maxpipes $((maxconn > 8000 ? 8 : 64))"
+                splice_defaults="    option splice-auto"
+            fi
             cat >"$CFG_DIR/$name.cfg" <<EOF
 global
     maxconn $maxconn
+$splice_global
 defaults
     mode tcp
     timeout connect 5s
     timeout client 60s
     timeout server 60s
     maxconn $maxconn
+$splice_defaults
 listen bench
     bind 127.0.0.1:$lp
     server upstream 127.0.0.1:$up
@@ -400,6 +435,28 @@ EOF
                 return 1
             fi
             start_bg "$name" haproxy -db -f "$CFG_DIR/$name.cfg"
+            wait_listen "$name" "$BG_PID" "$lp"
+            ;;
+        toxiproxy)
+            # One toxiproxy-server per instance, on its own API port, with one proxy and no
+            # toxics: what a Toxiproxy user runs when no fault is on.
+            local api=${PORT[$cfg,api-${name##*-}]}
+            start_bg "$name" "$TOXIPROXY" -host 127.0.0.1 -port "$api"
+            wait_listen "$name" "$BG_PID" "$api" || return 1
+            if ! python3 - "$api" "$lp" "$up" >>"$LOGS/$name.api.log" 2>&1 <<'PYEOF'; then
+import json, sys, urllib.request
+api, lp, up = sys.argv[1:]
+body = json.dumps({"name": "bench", "listen": f"127.0.0.1:{lp}",
+                   "upstream": f"127.0.0.1:{up}", "enabled": True}).encode()
+req = urllib.request.Request(f"http://127.0.0.1:{api}/proxies", data=body,
+                             headers={"Content-Type": "application/json"}, method="POST")
+with urllib.request.urlopen(req, timeout=10) as r:
+    print("created proxy:", r.status, r.read().decode())
+PYEOF
+                tail -n 5 "$LOGS/$name.api.log" >&2
+                log "ERROR: could not create the Toxiproxy proxy of $name"
+                return 1
+            fi
             wait_listen "$name" "$BG_PID" "$lp"
             ;;
         *)
@@ -708,6 +765,14 @@ describe_configs() {
                 echo "- haproxy: \`mode tcp\`, \`maxconn 8000\`, no \`nbthread\`, so haproxy's default nbthread:" \
                     "one thread per usable CPU (usable CPUs: $(taskset -cp "$pid" 2>/dev/null | sed 's/.*: *//' || true)); threads: $threads"
                 ;;
+            haproxy-splice)
+                echo "- haproxy-splice: the same with \`option splice-auto\` (socket -> pipe -> socket with splice(2)" \
+                    "when haproxy finds it worth it) and \`maxpipes 64\` (8 in the idle phase); threads: $threads"
+                ;;
+            toxiproxy)
+                echo "- toxiproxy: \`$TOXIPROXY -host 127.0.0.1 -port A\` and one proxy created with" \
+                    "\`POST /proxies\`, no toxics; $("$TOXIPROXY" -version 2>&1 | head -n 1 || true); threads: $threads"
+                ;;
         esac
     done
 }
@@ -729,7 +794,8 @@ describe_configs() {
     fi
     peers="$(iperf3 --version | sed -n 1p | cut -d' ' -f1-2)"
     if has_config socat; then peers+="; $(socat -V | sed -n 's/^socat version \([^ ]*\).*/socat \1/p')"; fi
-    if has_config haproxy; then peers+="; $(haproxy -v | sed -n 1p | cut -d' ' -f1-3)"; fi
+    if has_kind haproxy; then peers+="; $(haproxy -v | sed -n 1p | cut -d' ' -f1-3)"; fi
+    if has_config toxiproxy; then peers+="; $("$TOXIPROXY" -version 2>&1 | head -n 1)"; fi
     echo "- peers: $peers"
     echo "- parameters: QUICK=$QUICK rounds=$ROUNDS iperf3 -t $IPERF_T, short connections ${SC_D}s," \
         "ping-pong $PP_N round trips, serial tests pinned to CPU $PIN_CPU: $([[ $PIN_SERIAL == 1 ]] && echo yes || echo no)," \
@@ -738,6 +804,7 @@ describe_configs() {
         echo "- idle connections: $RSS_N_USED per proxy (RSS_N=$RSS_N; ulimit -n $FD_LIMIT, hard limit $(ulimit -Hn), 2 fds per proxied connection)"
     fi
     describe_configs
+    if [[ -n $TOXIPROXY_NOTE ]]; then echo "- $TOXIPROXY_NOTE"; fi
     echo
     python3 "$HERE/report.py" "$RESULTS_DIR"
 } >"$RESULTS_DIR/table.md"

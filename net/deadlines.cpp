@@ -21,14 +21,12 @@ void Deadlines::set(Client* c, uint64_t at_us) {
 }
 
 void Deadlines::clear(Client* c) {
-    std::erase(turn_clients_, c);
+    if (turn_) std::erase(turn_->clients, c);
     set(c, 0);
 }
 
 void Deadlines::next_turn(Client* c) {
     if (closed_) return;
-    if (std::find(turn_clients_.begin(), turn_clients_.end(), c) == turn_clients_.end())
-        turn_clients_.push_back(c);
     if (!turn_) {
         turn_ = std::make_unique<Turn>();
         turn_->deadlines = this;
@@ -36,6 +34,8 @@ void Deadlines::next_turn(Client* c) {
         turn_->idle.data = turn_.get();
         owner_.handle_opened();
     }
+    auto& waiting = turn_->clients;
+    if (std::find(waiting.begin(), waiting.end(), c) == waiting.end()) waiting.push_back(c);
     if (!turn_->active) {
         uv_idle_start(&turn_->idle, on_idle);
         turn_->active = true;
@@ -48,12 +48,12 @@ void Deadlines::on_idle(uv_idle_t* h) {
 
 void Deadlines::run_turn() {
     std::vector<Client*> now;
-    now.swap(turn_clients_);
+    now.swap(turn_->clients);
     for (Client* c : now) {
         if (closed_) break;
         c->on_deadline(now_us());
     }
-    if (turn_clients_.empty() && turn_ && turn_->active) {
+    if (turn_ && turn_->clients.empty() && turn_->active) {
         uv_idle_stop(&turn_->idle);
         turn_->active = false;
     }
@@ -92,12 +92,17 @@ void Deadlines::fire() {
     // (its own included: one set due again waits for the next pass, at least 1 ms away), clear
     // another client's, or close everything.
     uint64_t now = now_us();
-    due_.clear();
+    // The list is borrowed from the loop's thread (one owner fires at a time; a callback that
+    // made another fire would find it empty and use a list of its own).
+    thread_local std::vector<Entry> spare;
+    std::vector<Entry> due;
+    due.swap(spare);
+    due.clear();
     for (const Entry& e : entries_)
-        if (e.at_us <= now) due_.push_back(e);
-    std::sort(due_.begin(), due_.end(),
+        if (e.at_us <= now) due.push_back(e);
+    std::sort(due.begin(), due.end(),
               [](const Entry& a, const Entry& b) { return a.at_us < b.at_us; });
-    for (const Entry& d : due_) {
+    for (const Entry& d : due) {
         if (closed_) break;
         auto it = std::find_if(entries_.begin(), entries_.end(), [&](const Entry& e) {
             return e.client == d.client && e.at_us <= now;
@@ -106,6 +111,8 @@ void Deadlines::fire() {
         entries_.erase(it);
         d.client->on_deadline(now);
     }
+    due.clear();
+    spare.swap(due);
     firing_ = false;
     if (!closed_) rearm();
 }
@@ -114,8 +121,8 @@ void Deadlines::close() {
     if (closed_) return;
     closed_ = true;
     entries_.clear();
-    turn_clients_.clear();
     if (turn_) {
+        turn_->clients.clear();
         // Owned by its close callback from here on.
         Turn* t = turn_.release();
         uv_close(reinterpret_cast<uv_handle_t*>(&t->idle), on_idle_closed);

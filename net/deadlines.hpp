@@ -67,18 +67,18 @@ class Deadlines {
     static void on_closed(uv_handle_t* h);
     static void on_idle_closed(uv_handle_t* h);
 
-    // The idle handle, only for owners that ever need a next turn; freed in its close callback.
+    // The idle handle and who waits for it, only for owners that ever need a next turn; freed
+    // in its close callback.
     struct Turn {
         uv_idle_t idle{};
         Deadlines* deadlines = nullptr;
         bool active = false;
+        std::vector<Client*> clients;
     };
 
     uv_loop_t* loop_;
     Owner& owner_;
     std::vector<Entry> entries_;  // a handful per owner: a linear scan is cheapest
-    std::vector<Entry> due_;      // reused by fire()
-    std::vector<Client*> turn_clients_;
     std::unique_ptr<Turn> turn_;
     uv_timer_t timer_{};
     bool open_ = false;  // the timer handle exists

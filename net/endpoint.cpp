@@ -167,12 +167,30 @@ void Endpoint::on_write(uv_write_t* r, int status) {
 int Endpoint::shutdown_write() {
     if (state_ != State::open) return UV_EPIPE;
     if (fin_requested_) return 0;
+    int err = send_fin();
+    if (err == 0 && fin_sent_) events_.on_fin_sent(*this);
+    return err;
+}
+
+int Endpoint::send_fin() {
     fin_requested_ = true;
-    shutdown_req_.data = this;
-    return uv_shutdown(&shutdown_req_, stream(), on_shutdown);
+    if (queued_ == 0) {
+        // Nothing in libuv's queue: no request, no extra epoll_ctl, no wait for the next turn
+        // of the loop (uv_shutdown defers the shutdown(2) until then).
+        if (::shutdown(fd(), SHUT_WR) != 0) return uv_translate_sys_error(errno);
+        fin_sent_ = true;
+        return 0;
+    }
+    // Freed in on_shutdown, which libuv also calls (UV_ECANCELED) when the handle closes first.
+    auto req = std::make_unique<uv_shutdown_t>();
+    req->data = this;
+    int err = uv_shutdown(req.get(), stream(), on_shutdown);
+    if (err == 0) req.release();
+    return err;
 }
 
 void Endpoint::on_shutdown(uv_shutdown_t* req, int status) {
+    std::unique_ptr<uv_shutdown_t> owned(req);
     auto* self = static_cast<Endpoint*>(req->data);
     if (status == UV_ECANCELED) return;
     if (self->state_ == State::ending) {
@@ -200,6 +218,14 @@ bool Endpoint::end(Ending kind) {
     if (state_ == State::ending && ending_strength(kind) <= ending_strength(kind_)) return false;
     kind_ = kind;
     state_ = State::ending;
+    // The common end of a connection: both FINs have passed and nothing is left to send.
+    // advance() would close right away too; this spares it two system calls (SIOCOUTQ and
+    // TCP_INFO), whose answers cannot change the outcome.
+    if ((kind == Ending::fin || kind == Ending::fin_then_discard) && fin_sent_ && peer_fin_ &&
+        queued_ == 0) {
+        close_handle(false);
+        return true;
+    }
     switch (kind) {
         case Ending::reset_now:
             close_handle(true);
@@ -217,13 +243,9 @@ bool Endpoint::end(Ending kind) {
             // bytes the kernel would answer with a RST.
             if (!reading_ && !peer_fin_ && uv_read_start(stream(), on_alloc, on_read) == 0)
                 reading_ = true;
-            if (!fin_requested_) {
-                fin_requested_ = true;
-                shutdown_req_.data = this;
-                if (uv_shutdown(&shutdown_req_, stream(), on_shutdown) != 0) {
-                    close_handle(true);
-                    return true;
-                }
+            if (!fin_requested_ && send_fin() != 0) {
+                close_handle(true);
+                return true;
             }
             break;
     }

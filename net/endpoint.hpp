@@ -89,6 +89,8 @@ class Endpoint final : private Deadlines::Client {
     size_t queued_bytes() const { return queued_; }
 
     // The pass-through half-close: FIN after everything queued; reading goes on. Idempotent.
+    // With nothing queued the FIN is sent at once and on_fin_sent() is called before this
+    // returns; otherwise once the queue has drained.
     int shutdown_write();
 
     // Ends the socket the way `kind` says (Ending::none means fin). False when refused: the
@@ -101,6 +103,9 @@ class Endpoint final : private Deadlines::Client {
     static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
     static void on_write(uv_write_t* req, int status);
     static void on_shutdown(uv_shutdown_t* req, int status);
+    // The FIN: shutdown(2) right away when nothing is queued (fin_sent() is then true), else a
+    // libuv request after the queued writes. 0 or a libuv error.
+    int send_fin();
     static void on_close(uv_handle_t* h);
 
     void read_while_ending(ssize_t nread);
@@ -118,7 +123,6 @@ class Endpoint final : private Deadlines::Client {
     Events& events_;
     Deadlines& deadlines_;
     uv_tcp_t tcp_{};
-    uv_shutdown_t shutdown_req_{};
     State state_ = State::unopened;
     Ending kind_ = Ending::none;
     size_t queued_ = 0;

@@ -17,9 +17,24 @@ std::string uv_error_string(int err) {
 std::string format_addr(const sockaddr* sa) {
     char host[INET6_ADDRSTRLEN] = {};
     if (sa->sa_family == AF_INET) {
+        // Once per accepted connection: by hand, not inet_ntop + to_string (sprintf inside).
         auto* in = reinterpret_cast<const sockaddr_in*>(sa);
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-        return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+        char buf[sizeof "255.255.255.255:65535"];
+        char* o = buf;
+        auto put = [&o](unsigned v) {
+            char d[5];
+            int k = 0;
+            do d[k++] = static_cast<char>('0' + v % 10);
+            while ((v /= 10) != 0);
+            while (k > 0) *o++ = d[--k];
+        };
+        const auto* a = reinterpret_cast<const unsigned char*>(&in->sin_addr);
+        for (int i = 0; i < 4; ++i) {
+            put(a[i]);
+            *o++ = i < 3 ? '.' : ':';
+        }
+        put(ntohs(in->sin_port));
+        return std::string(buf, o);
     }
     if (sa->sa_family == AF_INET6) {
         auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);

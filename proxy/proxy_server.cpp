@@ -27,6 +27,7 @@ ProxyServer::ProxyServer(uv_loop_t* loop, std::shared_ptr<const config::Proxy> c
                          WorkerPool* pool)
     : loop_(loop),
       cfg_(std::move(cfg)),
+      program_(faults::RuleProgram::of(cfg_)),
       pool_(pool),
       queue_(pool != nullptr ? pool->main : nullptr),
       shared_(std::make_shared<ProxyShared>()) {}
@@ -114,6 +115,8 @@ int ProxyServer::open_listener() {
     if (err != 0) return err;
     listener_.data = this;
     listener_open_ = true;
+    // Set once here instead of once per accepted connection.
+    listener_nodelay_ = uv_tcp_nodelay(&listener_, 1) == 0;
     bool reuseport = replica_ || (pool_ != nullptr && !pool_->workers.empty());
     if (reuseport) {
         // One listening socket per loop; the kernel spreads new connections across them.
@@ -309,7 +312,8 @@ void ProxyServer::on_connection(uv_stream_t* listener, int status) {
     Session* s = session.get();
     self->sessions_.emplace(id, std::move(session));
     self->active_.store(self->sessions_.size(), std::memory_order_relaxed);
-    s->accept(listener);  // may fail and end the session later; never frees it synchronously
+    // May fail and end the session later; never frees it synchronously.
+    s->accept(listener, self->listener_nodelay_);
 }
 
 std::string ProxyServer::open_ftp_data(const sockaddr_storage& bind, const sockaddr_storage& target,
@@ -456,14 +460,42 @@ ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* clie
     s.set_ordinal(facts.ordinal);
     facts.client = client;
     facts.since_start = since_start();
+    if (!program_->in_order()) {
+        // No `cap` rule: the rules every connection gets in one go, then only those with
+        // something in `match` to check.
+        bool given = false;
+        auto give = [&] {
+            if (!given) s.set_rule_program(program_);  // only if some rule applies
+            given = true;
+        };
+        if (program_->any_always()) {
+            give();
+            s.apply_rules(program_->always());
+        }
+        for (uint32_t i : program_->checked()) {
+            const config::Rule& rule = cfg_->rules[i];
+            uint64_t n = rule.match.limit ? fired(rule.name) : 0;
+            if (!faults::rule_matches(rule, facts, seed_, n)) continue;
+            give();
+            s.apply_rule(&rule);
+        }
+        return Admission::admit;
+    }
+    bool program_given = false;
     for (const auto& rule : cfg_->rules) {
-        if (!faults::rule_matches(rule, facts, seed_, fired(rule.name))) continue;
+        // The injection count (a lock and a lookup) matters only under `limit`.
+        uint64_t n = rule.match.limit ? fired(rule.name) : 0;
+        if (!faults::rule_matches(rule, facts, seed_, n)) continue;
         if (std::holds_alternative<config::RefuseFault>(rule.fault) ||
             std::holds_alternative<config::RestartFault>(rule.fault) ||
             std::holds_alternative<config::DropSynFault>(rule.fault))
             continue;  // proxy-wide, driven by the rule clock
         const auto* cap = std::get_if<config::CapFault>(&rule.fault);
         if (cap == nullptr) {
+            if (!program_given) {
+                s.set_rule_program(program_);  // only a session some rule applies to holds it
+                program_given = true;
+            }
             s.apply_rule(&rule);
             continue;
         }
@@ -509,6 +541,7 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
                                 const std::string& replaced) {
     std::shared_ptr<const config::Proxy> old = std::move(cfg_);
     cfg_ = std::move(cfg);
+    program_ = faults::RuleProgram::of(cfg_);
     if (!replica_) {
         // A replaced rule is a new rule: its `limit` counts afresh (faults_total keeps
         // counting).

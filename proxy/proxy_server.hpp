@@ -197,6 +197,8 @@ class ProxyServer final : public FtpDataListener::Owner,
 
     uv_loop_t* loop_;
     std::shared_ptr<const config::Proxy> cfg_;
+    // cfg_'s rules compiled (triggers, literal matchers), shared with the sessions using them.
+    std::shared_ptr<const faults::RuleProgram> program_;
     WorkerPool* pool_;
     bool replica_ = false;
     unsigned worker_ = 0;
@@ -206,6 +208,7 @@ class ProxyServer final : public FtpDataListener::Owner,
     uv_tcp_t listener_{};
     bool want_listen_ = true;
     bool listener_open_ = false;
+    bool listener_nodelay_ = false;  // accepted sockets inherit TCP_NODELAY from it (Linux)
     bool listener_closing_ = false;
     int listen_error_ = 0;
     bool retired_ = false;

@@ -91,7 +91,7 @@ Session::Session(SessionOwner& server, uint64_t id, std::shared_ptr<const config
       id_(id),
       cfg_(std::move(cfg)),
       deadlines_(server.loop(), *this),
-      data_(std::move(data)) {
+      data_(data ? std::make_unique<const DataTarget>(*data) : nullptr) {
     started_ms_ = uv_now(server_.loop());
     if (cfg_->protocol == config::Protocol::ftp) {
         channel_ = data_ ? config::Channel::data : config::Channel::control;
@@ -190,7 +190,7 @@ Session::ApiResult Session::lift_api_faults(const std::string& label) {
 // ---------------------------------------------------------------------------------------------
 // accepting and connecting
 
-void Session::accept(uv_stream_t* listener) {
+void Session::accept(uv_stream_t* listener, bool nodelay_inherited) {
     int err = accepted_->init(server_.loop());
     if (err == 0) err = uv_accept(listener, accepted_->stream());
     if (err != 0) {
@@ -207,18 +207,20 @@ void Session::accept(uv_stream_t* listener) {
         end_connection({Ending::reset_now, Ending::close_now}, "file descriptor limit", nullptr);
         return;
     }
-    uv_tcp_nodelay(accepted_->tcp(), 1);
+    if (!nodelay_inherited) uv_tcp_nodelay(accepted_->tcp(), 1);
     if (accepted_ == &client_) {
-        client_addr_ = peer_name(client_.tcp());
         int len = sizeof peer_;
-        uv_tcp_getpeername(client_.tcp(), reinterpret_cast<sockaddr*>(&peer_), &len);
+        client_addr_ = uv_tcp_getpeername(client_.tcp(), &peer_.sa, &len) == 0 ? format_addr(peer())
+                                                                               : std::string("?");
     } else {
         // Active-mode data: the client is the address its PORT/EPRT named.
-        peer_ = data_->addr;
+        std::memcpy(&peer_, &data_->addr,
+                    data_->addr.ss_family == AF_INET6 ? sizeof peer_.v6 : sizeof peer_.v4);
         client_addr_ = format_addr(peer());
     }
     rng_.seed(server_.seed() ^ (id_ * 0x9e3779b97f4a7c15ULL));
-    log::debug("accepted", {{"proxy", cfg_->name}, {"conn", id_}, {"client", client_addr_}});
+    if (log::enabled(config::LogLevel::debug))
+        log::debug("accepted", {{"proxy", cfg_->name}, {"conn", id_}, {"client", client_addr_}});
     if (server_.match_rules(*this, peer()) == SessionOwner::Admission::admit) admit();
 }
 
@@ -284,17 +286,21 @@ void Session::connect_next() {
     bool clamp = has_preconnect_clamp();
     int err = outgoing_->init(server_.loop(), clamp ? ss.ss_family : AF_UNSPEC);
     if (err == 0 && clamp) {
-        for (const auto& r : rules_) {
-            const auto* f = std::get_if<config::ClampFault>(&r.rule->fault);
-            if (f != nullptr && !r.rule->when && faults::hits_server(f->side))
+        each_rule([&](const config::Rule& r) {
+            const auto* f = std::get_if<config::ClampFault>(&r.fault);
+            if (f != nullptr && !r.when && faults::hits_server(f->side))
                 f->configure(outgoing_->fd(), faults::Side::server, identity());
-        }
+        });
     }
     if (err == 0) {
         connect_req_.data = this;
         err = uv_tcp_connect(&connect_req_, outgoing_->tcp(),
                              reinterpret_cast<const sockaddr*>(&ss), on_connect);
     }
+    // Reading is asked for now, while libuv registers the socket for the connect anyway: one
+    // epoll_ctl instead of three once connected. No read callback comes before on_connect,
+    // and the pipe decides about reading in on_connected().
+    if (err == 0) outgoing_->start_reading();
     if (err != 0) {
         upstream_failed(upstream_error_kind(err), err);
         return;
@@ -322,6 +328,7 @@ void Session::on_connect(uv_connect_t* req, int status) {
 void Session::on_connected() {
     connected_ = true;
     connect_deadline_us_ = 0;
+    std::vector<sockaddr_storage>().swap(addrs_);  // only needed to connect: 144 bytes less
     rearm();
     uv_tcp_nodelay(outgoing_->tcp(), 1);
     // Rules without `when` act "at accept": once both sockets exist, before any byte moves.
@@ -362,8 +369,9 @@ void Session::abort(bool with_reset) {
 
 void Session::end(const faults::Endings& e, std::string_view rule) {
     const config::Rule* r = nullptr;
-    for (const auto& a : rules_)
-        if (a.rule->name == rule) r = a.rule;
+    each_rule([&](const config::Rule& a) {
+        if (a.name == rule) r = &a;
+    });
     end_connection(e, rule, r);
 }
 
@@ -390,13 +398,13 @@ void Session::end_connection(faults::Endings e, std::string_view why, const conf
         lookup_.reset();
         resolving_ = false;
     }
-    log::debug("ending", {{"proxy", cfg_->name},
-                          {"conn", id_},
-                          {"why", why},
-                          {"client", ending_name(e.client)},
-                          {"server", ending_name(e.server)}});
-    for (auto& r : rules_) r.deadline_us = 0;
-    pending_fire_.clear();
+    if (log::enabled(config::LogLevel::debug))
+        log::debug("ending", {{"proxy", cfg_->name},
+                              {"conn", id_},
+                              {"why", why},
+                              {"client", ending_name(e.client)},
+                              {"server", ending_name(e.server)}});
+    pending_fire_.clear();  // rule timers stop: rearm() leaves them out from here on
     connect_deadline_us_ = 0;
     reap_check_us_ = 0;
     rearm();
@@ -483,7 +491,9 @@ void Session::on_bytes(config::Direction dir, size_t n) {
 }
 
 void Session::trace(const char* event) {
-    log::debug(event, {{"proxy", cfg_->name}, {"conn", id_}});
+    // Checked first: the fields (strings) would be built even with debug off.
+    if (log::enabled(config::LogLevel::debug))
+        log::debug(event, {{"proxy", cfg_->name}, {"conn", id_}});
 }
 
 // A peer's RST is passed on as a RST, after the bytes it sent before it.
@@ -524,8 +534,7 @@ void Session::rearm() {
     consider(connect_deadline_us_);
     consider(reap_check_us_);
     if (!ending_)
-        for (const auto& r : rules_)
-            if (!r.done) consider(r.deadline_us);
+        for (size_t k = 0; k < rule_sets(); ++k) consider(rule_set(k).next_deadline());
     deadlines_.set(this, next);
 }
 
@@ -535,19 +544,18 @@ void Session::on_deadline(uint64_t now) {
         // Still resolving when time ran out: the name is what failed.
         upstream_failed(resolving_ ? "dns" : "timeout", UV_ETIMEDOUT);
     }
-    for (size_t i = 0; i < rules_.size() && !ending_; ++i) {
-        auto& r = rules_[i];
-        if (r.done || r.deadline_us == 0 || r.deadline_us > now) continue;
-        r.deadline_us = 0;
-        bool fire_now = r.trigger.time_reached();
-        if (r.downstream) fire_now = r.downstream->time_reached() || fire_now;
-        if (fire_now) fire(i);
-        // A stream held at the byte threshold moves on once its fault has acted.
-        if (!ending_) {
-            up_.release_trigger_hold();
-            down_.release_trigger_hold();
+    // Rule timers, one rule at a time in rule order.
+    for (size_t k = 0; k < rule_sets() && !ending_; ++k) {
+        while (!ending_) {
+            auto due = rule_set(k).next_due(now, offsets());
+            if (!due) break;
+            if (due->fire) fire(k, due->rule);
+            // A stream held at the byte threshold moves on once its fault has acted.
+            if (!ending_) {
+                up_.release_trigger_hold();
+                down_.release_trigger_hold();
+            }
         }
-        recount_watchers();
     }
     if (!ending_ && reap_check_us_ != 0 && now >= reap_check_us_) {
         reap_check_us_ = 0;

@@ -16,6 +16,7 @@
 // libuv callback ever sees a dangling session. All its timed work shares one timer.
 #pragma once
 
+#include <netinet/in.h>
 #include <uv.h>
 
 #include <cstdint>
@@ -27,7 +28,7 @@
 #include "config/config.hpp"
 #include "faults/contracts.hpp"
 #include "faults/rule_matcher.hpp"
-#include "faults/trigger.hpp"
+#include "faults/trigger_set.hpp"
 #include "ftp/ftp_control.hpp"
 #include "net/deadlines.hpp"
 #include "net/endpoint.hpp"
@@ -105,7 +106,8 @@ class Session final : public FtpControl::Host,
     uint64_t started_ms() const { return started_ms_; }
 
     // Takes the pending connection from the listener and starts connecting upstream.
-    void accept(uv_stream_t* listener);
+    // `nodelay_inherited`: the listener has TCP_NODELAY, which Linux passes on to the socket.
+    void accept(uv_stream_t* listener, bool nodelay_inherited = false);
 
     // Forced end: RST both sides (restart), or close them now (grace period over).
     void abort(bool with_reset);
@@ -121,8 +123,13 @@ class Session final : public FtpControl::Host,
     void reject(const config::CapFault& cap);
     void log_fault(const config::Rule& rule);
 
+    // The compiled rules of the config this session was accepted with (ProxyServer hands over
+    // its own, before the first apply_rule; otherwise it is looked up).
+    void set_rule_program(std::shared_ptr<const faults::RuleProgram> program);
     // Applies one of the proxy's matching rules to this connection at accept.
     void apply_rule(const config::Rule* rule);
+    // Applies the rules of a bit row of the program given to set_rule_program() (at accept).
+    void apply_rules(const uint64_t* rows) { rules_.apply_rows(rows); }
     // Same for a rule that appeared while the connection was open; `snapshot` owns the rule.
     void apply_runtime_rule(const config::Rule* rule,
                             std::shared_ptr<const config::Proxy> snapshot);
@@ -181,16 +188,6 @@ class Session final : public FtpControl::Host,
     void release_packet_drops(std::string_view rule) override;
 
   private:
-    struct AppliedRule {
-        const config::Rule* rule;
-        // `direction: both` watches each direction with a trigger of its own.
-        faults::Trigger trigger;  // its direction's, or upstream's for `direction: both`
-        std::optional<faults::Trigger> downstream;  // `direction: both`: the other one
-        uint64_t deadline_us = 0;                   // `after` timer, 0 when none is running
-        bool done = false;                          // fired, or lifted
-        faults::Trigger* trigger_for(config::Direction d);
-    };
-
     // The one way into `ending`.
     void end_connection(faults::Endings e, std::string_view why, const config::Rule* rule);
     // "fault injected", logged once per fault, and the fault noted for the listing and timeline.
@@ -200,12 +197,19 @@ class Session final : public FtpControl::Host,
     void check_finished();
     void maybe_free();
 
-    // Rules.
+    // Rules: set 0 is rules_, set k > 0 is (*added_rules_)[k - 1].
+    size_t rule_sets() const { return 1 + (added_rules_ ? added_rules_->size() : 0); }
+    faults::TriggerSet& rule_set(size_t k) { return k == 0 ? rules_ : (*added_rules_)[k - 1]; }
+    const faults::TriggerSet& rule_set(size_t k) const {
+        return k == 0 ? rules_ : (*added_rules_)[k - 1];
+    }
+    // fn(const config::Rule&) for every rule applied to this connection, in order.
+    template <class Fn>
+    void each_rule(Fn&& fn) const;
     void start_rules();
-    bool start_rule(size_t i, bool catch_up);  // true: fires now
-    void fire(size_t i);
-    void arm_rule_timers();
-    void recount_watchers();
+    void fire(size_t set, uint32_t rule);
+    void fire_all(size_t set, const std::vector<uint32_t>& rules);
+    faults::TriggerSet::Offsets offsets() const { return {up_.forwarded(), down_.forwarded()}; }
     bool has_preconnect_clamp() const;
     void rearm();
 
@@ -235,9 +239,7 @@ class Session final : public FtpControl::Host,
 
     // Pipe::Events
     void on_bytes(config::Direction dir, size_t n) override;
-    bool watches(config::Direction dir) const override {
-        return watching_[dir == config::Direction::upstream ? 0 : 1] > 0;
-    }
+    bool watches(config::Direction dir) const override;
     Pipe::ScanResult scan(config::Direction dir, const char* p, size_t n) override;
     void fire_pending() override;
     void on_source_reset(config::Direction dir, int err) override;
@@ -263,7 +265,7 @@ class Session final : public FtpControl::Host,
     // active-mode FTP data connection).
     Endpoint* accepted_ = &client_;
     Endpoint* outgoing_ = &upstream_;
-    std::optional<DataTarget> data_;
+    std::unique_ptr<const DataTarget> data_;  // most sessions are not FTP data: 8 bytes
     config::Channel channel_ = config::Channel::any;
     std::unique_ptr<FtpControl> ftp_;
     Pipe up_{*this, client_, upstream_, config::Direction::upstream, deadlines_};
@@ -276,21 +278,24 @@ class Session final : public FtpControl::Host,
     uint64_t connect_deadline_us_ = 0;
     uint64_t reap_check_us_ = 0;  // under an endless stage: next look at whether both peers left
 
-    std::vector<AppliedRule> rules_;
+    // The rules applied at accept (the proxy's config, compiled once for all its connections),
+    // and one set per rule added while the connection is open (reload, API), each holding the
+    // program (and so the config snapshot) its rule belongs to.
+    faults::TriggerSet rules_;
+    std::unique_ptr<std::vector<faults::TriggerSet>> added_rules_;
     std::vector<AppliedFault> applied_;
     uint64_t applied_total_ = 0;
     std::vector<std::string> slots_;
     // Packets dropped below the socket, per rule; released when the rule is lifted, its fault
     // ends, or the connection starts ending.
     std::vector<std::pair<std::string, std::unique_ptr<PacketFilter::Handle>>> packet_drops_;
-    // Config snapshots owning rules applied at runtime (reload, API) beyond cfg_.
-    std::vector<std::shared_ptr<const config::Proxy>> keep_alive_;
     uint64_t ordinal_ = 0;
-    sockaddr_storage peer_{};
-    std::vector<size_t> pending_fire_;
-    // Trigger states saved by scan() for a rollback; kept to reuse its capacity.
-    std::vector<std::pair<faults::Trigger*, faults::Trigger::Saved>> saved_;
-    int watching_[2] = {0, 0};  // triggers reading upstream / downstream bytes
+    union {
+        sockaddr sa;
+        sockaddr_in v4;
+        sockaddr_in6 v6;
+    } peer_{};  // TCP peers only: 28 bytes, not sockaddr_storage's 128
+    std::vector<std::pair<uint32_t, uint32_t>> pending_fire_;  // (set, rule) firing next
     faults::SplitMix64 rng_;
 
     faults::Endings endings_;
@@ -305,5 +310,13 @@ class Session final : public FtpControl::Host,
     bool upstream_failed_ = false;
     bool finished_ = false;
 };
+
+template <class Fn>
+void Session::each_rule(Fn&& fn) const {
+    for (size_t k = 0; k < rule_sets(); ++k) {
+        const faults::TriggerSet& set = rule_set(k);
+        set.each_applied([&](size_t i) { fn(set.program()->rule(i)); });
+    }
+}
 
 }  // namespace tcpfault

@@ -12,68 +12,80 @@
 
 namespace tcpfault {
 
-faults::Trigger* Session::AppliedRule::trigger_for(config::Direction d) {
-    if (downstream && d == config::Direction::downstream) return &*downstream;
-    return trigger.watches(d) ? &trigger : nullptr;
+namespace {
+// The rules a call into a TriggerSet reports as firing (reused: no allocation per chunk).
+thread_local std::vector<uint32_t> t_firing;
+}  // namespace
+
+void Session::set_rule_program(std::shared_ptr<const faults::RuleProgram> program) {
+    if (rules_.empty()) rules_ = faults::TriggerSet(std::move(program));
 }
 
 void Session::apply_rule(const config::Rule* rule) {
-    const config::When* when = rule->when ? &*rule->when : nullptr;
-    bool both = when != nullptr && when->direction == config::Direction::both;
-    AppliedRule a{rule, faults::Trigger(when), std::nullopt};
-    if (both) a.downstream.emplace(when, config::Direction::downstream);
-    rules_.push_back(std::move(a));
-    recount_watchers();
-}
-
-bool Session::start_rule(size_t i, bool catch_up) {
-    AppliedRule& r = rules_[i];
-    bool now = false;
-    for (faults::Trigger* t : {&r.trigger, r.downstream ? &*r.downstream : nullptr}) {
-        if (t == nullptr) continue;
-        // A rule added at runtime counts from the connection's start: a threshold already
-        // passed fires at once.
-        if (catch_up)
-            t->catch_up(pipe(t->direction()).forwarded(),
-                        std::chrono::milliseconds(uv_now(loop()) - started_ms_));
-        now = t->start() || now;
+    if (rules_.empty()) rules_ = faults::TriggerSet(faults::RuleProgram::of(cfg_));
+    long i = rules_.program()->index_of(rule);
+    if (i >= 0) {
+        rules_.apply(static_cast<size_t>(i));
+        return;
     }
-    return now;
+    // Not one of this session's config: a rule added at runtime, whose snapshot is cfg_'s
+    // successor (the caller's current config).
+    apply_runtime_rule(rule, cfg_);
 }
 
 void Session::apply_runtime_rule(const config::Rule* rule,
                                  std::shared_ptr<const config::Proxy> snapshot) {
     if (ending_) return;
-    if (snapshot != cfg_ &&
-        std::find(keep_alive_.begin(), keep_alive_.end(), snapshot) == keep_alive_.end())
-        keep_alive_.push_back(std::move(snapshot));
-    apply_rule(rule);
+    auto program = faults::RuleProgram::of(snapshot);
+    long i = program->index_of(rule);
+    if (i < 0) return;  // not a rule of that snapshot
+    if (!added_rules_) added_rules_ = std::make_unique<std::vector<faults::TriggerSet>>();
+    added_rules_->emplace_back(std::move(program));
+    added_rules_->back().apply(static_cast<size_t>(i));
     if (!connected_) return;  // still connecting: starts with the others in start_rules()
-    size_t i = rules_.size() - 1;
-    if (start_rule(i, true)) fire(i);
-    arm_rule_timers();
-    recount_watchers();
+    // It counts from the connection's start: a threshold already passed fires at once.
+    size_t k = rule_sets() - 1;
+    uint64_t now = now_us();
+    uint64_t since_accept_us = (uv_now(loop()) - started_ms_) * 1000;
+    t_firing.clear();
+    rule_set(k).start(true, now - std::min(now, since_accept_us), now, offsets(), t_firing);
+    fire_all(k, t_firing);
+    rearm();
 }
 
 void Session::start_rules() {
-    for (size_t i = 0; i < rules_.size() && !ending_; ++i)
-        if (start_rule(i, false)) fire(i);
-    arm_rule_timers();
+    uint64_t now = now_us();
+    for (size_t k = 0; k < rule_sets() && !ending_; ++k) {
+        t_firing.clear();
+        rule_set(k).start(false, now, now, offsets(), t_firing);
+        fire_all(k, t_firing);
+    }
+    rearm();
+}
+
+void Session::fire_all(size_t set, const std::vector<uint32_t>& rules) {
+    // A copy: firing may scan (and so refill the shared list) further down.
+    std::vector<uint32_t> now(rules);
+    for (uint32_t i : now) {
+        if (ending_) break;
+        fire(set, i);
+    }
 }
 
 void Session::lift_rule(const std::string& name) {
     bool lifted = false;
-    for (auto& r : rules_) {
-        if (r.rule->name != name || r.done) continue;
-        r.done = true;  // a pending trigger of it never fires
-        r.deadline_us = 0;
-        lifted = true;
+    for (size_t k = 0; k < rule_sets(); ++k) {
+        faults::TriggerSet& set = rule_set(k);
+        set.each_applied([&](size_t i) {
+            if (set.done(i) || set.program()->rule(i).name != name) return;
+            set.finish(i);  // a pending trigger of it never fires
+            lifted = true;
+        });
     }
     up_.lift(name);
     down_.lift(name);
     release_packet_drops(name);
     if (!lifted) return;
-    recount_watchers();
     rearm();
     // A stream this rule's trigger held at its byte threshold moves on.
     up_.release_trigger_hold();
@@ -82,80 +94,73 @@ void Session::lift_rule(const std::string& name) {
 
 std::vector<std::string> Session::rule_names() const {
     std::vector<std::string> out;
-    for (const auto& r : rules_) out.push_back(r.rule->name);
+    each_rule([&](const config::Rule& r) { out.push_back(r.name); });
     return out;
 }
 
-void Session::recount_watchers() {
-    watching_[0] = watching_[1] = 0;
-    for (auto& r : rules_) {
-        if (r.done) continue;
-        if (r.trigger_for(config::Direction::upstream) != nullptr) ++watching_[0];
-        if (r.trigger_for(config::Direction::downstream) != nullptr) ++watching_[1];
-    }
+bool Session::watches(config::Direction dir) const {
+    if (rules_.watches(dir)) return true;
+    if (added_rules_)
+        for (const auto& set : *added_rules_)
+            if (set.watches(dir)) return true;
+    return false;
 }
 
 Pipe::ScanResult Session::scan(config::Direction dir, const char* p, size_t n) {
-    // First find the earliest event, then advance the triggers exactly that far, so a trigger
-    // never counts bytes that a fault firing earlier holds or discards. Triggers that can save
-    // their state are fed for real and rolled back only when something fires or holds inside
-    // the chunk (rare): a chunk no rule acts on is scanned once, with no copy. `line`
-    // triggers are probed on copies.
-    size_t best = n;
-    bool any = false;
-    bool hold = false;
-    saved_.clear();
-    for (auto& r : rules_) {
-        faults::Trigger* t = r.done ? nullptr : r.trigger_for(dir);
-        if (t == nullptr) continue;
-        std::optional<faults::Trigger> copy;
-        if (t->can_save())
-            saved_.emplace_back(t, t->save());
-        else
-            copy.emplace(*t);
-        auto step = copy ? copy->feed(p, n) : t->feed(p, n);
-        if ((step.fire || step.hold) &&
-            (!any || step.pass < best || (step.pass == best && step.fire))) {
-            best = step.pass;
-            any = true;
-            hold = step.hold && !step.fire;
+    // First the earliest point where a trigger fires or holds the stream, over every set;
+    // then each set advances exactly that far, so no trigger counts a byte that a fault
+    // firing earlier holds or discards. A chunk nothing happens in costs each set one probe
+    // (one pass of its literal filter) and a few comparisons.
+    uint64_t off = pipe(dir).forwarded();
+    if (!added_rules_) {
+        // The usual case: only the rules of accept, and nothing happens in this chunk.
+        faults::TriggerSet::Probe pr = rules_.probe(dir, p, n, off);
+        if (!pr.touched) {
+            rules_.commit(dir, p, n, n, false, off, 0, t_firing);
+            return {n, false, false};
         }
     }
-    if (!any) {
-        // Nothing fires or holds: the saveable triggers have taken the whole chunk already.
-        for (auto& r : rules_) {
-            faults::Trigger* t = r.done ? nullptr : r.trigger_for(dir);
-            if (t != nullptr && !t->can_save()) t->feed(p, n);
+    size_t sets = rule_sets();
+    faults::TriggerSet::Probe best;
+    uint64_t touched = 0;  // sets whose probe saw a state change (bit k; beyond 63: always)
+    for (size_t k = 0; k < sets; ++k) {
+        const faults::TriggerSet& set = rule_set(k);
+        if (!set.watches(dir)) continue;
+        faults::TriggerSet::Probe pr = set.probe(dir, p, n, off);
+        if (pr.touched && k < 64) touched |= uint64_t{1} << k;
+        if (pr.event && (!best.event || pr.pass < best.pass ||
+                         (pr.pass == best.pass && pr.fire && !best.fire))) {
+            best = pr;
+        } else if (pr.event && pr.pass == best.pass && pr.fire) {
+            best.fire = true;
         }
-        arm_rule_timers();
-        recount_watchers();
-        return {n, false, false};
     }
-    for (const auto& [t, state] : saved_) t->restore(state);
-    for (size_t i = 0; i < rules_.size(); ++i) {
-        auto& r = rules_[i];
-        faults::Trigger* t = r.done ? nullptr : r.trigger_for(dir);
-        if (t == nullptr) continue;
-        auto step = t->feed(p, best, best < n);
-        if (step.fire) pending_fire_.push_back(i);
+    size_t upto = best.event ? best.pass : n;
+    bool moved = false;
+    uint64_t now = (touched != 0 || sets > 64) ? now_us() : 0;
+    for (size_t k = 0; k < sets; ++k) {
+        faults::TriggerSet& set = rule_set(k);
+        if (!set.watches(dir)) continue;
+        bool t = k >= 64 || ((touched >> k) & 1);
+        t_firing.clear();
+        moved = set.commit(dir, p, n, upto, t, off, now, t_firing) || moved;
+        for (uint32_t i : t_firing) pending_fire_.emplace_back(static_cast<uint32_t>(k), i);
     }
-    arm_rule_timers();
-    recount_watchers();
-    return {best, !pending_fire_.empty(), hold && pending_fire_.empty()};
+    if (moved) rearm();
+    bool fired = !pending_fire_.empty();
+    return {upto, fired, best.event && !best.fire && !fired};
 }
 
 void Session::fire_pending() {
-    std::vector<size_t> now;
+    std::vector<std::pair<uint32_t, uint32_t>> now;
     now.swap(pending_fire_);
-    for (size_t i : now) fire(i);
+    for (auto [k, i] : now) fire(k, i);
 }
 
-void Session::fire(size_t i) {
-    AppliedRule& r = rules_[i];
-    if (r.done) return;
-    r.done = true;
-    r.deadline_us = 0;
-    const config::Rule& rule = *r.rule;
+void Session::fire(size_t set, uint32_t i) {
+    faults::TriggerSet& ts = rule_set(set);
+    ts.finish(i);  // already done if its trigger said so
+    const config::Rule& rule = ts.program()->rule(i);
     if (ending_) {
         // Too late to act: said, not dropped silently.
         server_.count_suppressed(rule, id_, "connection already ending");
@@ -171,27 +176,16 @@ void Session::log_fault(const config::Rule& rule) {
     log_injected(rule.name, config::fault_name(rule.fault));
 }
 
-void Session::arm_rule_timers() {
-    bool changed = false;
-    uint64_t now = now_us();
-    for (auto& r : rules_) {
-        for (faults::Trigger* t : {&r.trigger, r.downstream ? &*r.downstream : nullptr}) {
-            if (t == nullptr || !t->wants_timer()) continue;
-            t->timer_armed();
-            r.deadline_us = now + static_cast<uint64_t>(t->time_needed().count());
-            changed = true;
-        }
-    }
-    if (changed) rearm();
-}
-
 bool Session::has_preconnect_clamp() const {
     if (outgoing_ != &upstream_) return false;
-    for (const auto& r : rules_) {
-        const auto* f = std::get_if<config::ClampFault>(&r.rule->fault);
-        if (f != nullptr && !r.rule->when && faults::hits_server(f->side)) return true;
-    }
-    return false;
+    if (!rules_.empty() && rules_.program()->preconnect_clamp(rules_.applied_rows())) return true;
+    if (!added_rules_) return false;
+    bool any = false;
+    each_rule([&](const config::Rule& r) {
+        const auto* f = std::get_if<config::ClampFault>(&r.fault);
+        if (f != nullptr && !r.when && faults::hits_server(f->side)) any = true;
+    });
+    return any;
 }
 
 // ---------------------------------------------------------------------------------------------

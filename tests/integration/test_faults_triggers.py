@@ -282,3 +282,39 @@ def test_direction_both_fires_on_whichever_direction_carries_the_bytes(
         assert outcome == "reset" and len(data) == n, (outcome, len(data))
     f = proxy.wait_for_log("fault injected", rule="b", timeout=5)[0]
     assert (f["bytes_up"], f["bytes_down"]) == ((n, 0) if transfer == "upload" else (1, n)), f
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("similar", [True, False])
+def test_many_data_rules_one_stream_fire_at_their_own_literals(tcpfault, servers, sockets,
+                                                               similar):
+    """40 `data` rules on one stream, found in one pass (similar literals share a SIMD
+    fingerprint; unrelated ones go through the Teddy filter): those whose literal the client
+    sends fire once each, in stream order, just past their literal, also when the literal
+    straddles two reads or overlaps another; the others never fire. (Latency faults, so the
+    stream goes on after each.)"""
+    rec = Recorder(servers)
+    names = [f"marker-{k:02d}" if similar else f"{chr(65 + k % 26)}{k}-{'xyz'[k % 3]}q"
+             for k in range(40)]
+    proxy = start_proxy(tcpfault, rec.addr, [
+        f"{{name: r{k}, when: {{data: \"{lit}\"}}, "
+        f"fault: {{type: latency, delay: 1ms, direction: upstream}}}}"
+        for k, lit in enumerate(names)])
+    sent = [7, 31, 2, 19]  # the literals the client sends, in this order
+    payload = bytearray(b"." * 200_000)
+    at = {}
+    for j, k in enumerate(sent):
+        pos = 30_000 + j * 40_000
+        payload[pos:pos + len(names[k])] = names[k].encode()
+        at[f"r{k}"] = pos + len(names[k])
+    c = connect(proxy.addr())
+    sockets.append(c)
+    # The second literal straddles two writes.
+    cut = 70_000 + 3
+    c.sendall(bytes(payload[:cut]))
+    rec.wait_data(1, bytes(payload[:cut]))
+    c.sendall(bytes(payload[cut:]))
+    rec.wait_data(1, bytes(payload))
+    proxy.wait_for_log("fault injected", count=len(sent), timeout=10)
+    fired = [(x["rule"], x["bytes_up"]) for x in proxy.find_logs("fault injected")]
+    assert fired == [(f"r{k}", at[f"r{k}"]) for k in sent], f"rules fired (rule, bytes): {fired}"

@@ -1,12 +1,15 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <re2/re2.h>
 
+#include "faults/literal_set.hpp"
 #include "faults/trigger.hpp"
 
 using namespace tcpfault;
@@ -244,4 +247,106 @@ TEST_CASE("a 40 KB line under a `line` rule is matched on its prefix, without ov
     auto step = t.feed(s.data(), s.size());
     CHECK(step.fire);
     CHECK(step.pass == s.size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// LiteralSet: every data literal of a direction in one pass, across read boundaries.
+
+namespace {
+using faults::LiteralSet;
+
+// Every (end, id) of every occurrence of every literal in the stream, the plain way.
+std::set<std::pair<size_t, size_t>> naive_occurrences(const std::string& s,
+                                                      const std::vector<std::string>& lits) {
+    std::set<std::pair<size_t, size_t>> out;
+    for (size_t id = 0; id < lits.size(); ++id)
+        for (size_t at = s.find(lits[id]); at != std::string::npos; at = s.find(lits[id], at + 1))
+            out.emplace(at + lits[id].size(), id);
+    return out;
+}
+
+// The same through LiteralSet, the stream cut into the given pieces.
+std::set<std::pair<size_t, size_t>> streamed_occurrences(const LiteralSet& set,
+                                                         const std::string& s,
+                                                         const std::vector<size_t>& pieces) {
+    std::set<std::pair<size_t, size_t>> out;
+    LiteralSet::State st = 0;
+    size_t pos = 0;
+    for (size_t len : pieces) {
+        set.scan(st, s.data() + pos, len, [&](size_t end, size_t id) {
+            REQUIRE(end >= 1);
+            REQUIRE(end <= len);
+            out.emplace(pos + end, id);
+        });
+        st = set.advance(st, s.data() + pos, len);
+        pos += len;
+    }
+    return out;
+}
+
+std::vector<std::string> random_literals(std::mt19937& rng, const char* alphabet, size_t count,
+                                         size_t max_len) {
+    std::vector<std::string> lits;
+    size_t na = std::strlen(alphabet);
+    while (lits.size() < count) {
+        std::string l(1 + rng() % max_len, 'x');
+        for (char& c : l) c = alphabet[rng() % na];
+        if (std::find(lits.begin(), lits.end(), l) == lits.end()) lits.push_back(l);
+    }
+    return lits;
+}
+}  // namespace
+
+TEST_CASE("literal set reports exactly the occurrences a plain search finds, for any chunking") {
+    std::mt19937 rng(11);
+    const std::vector<std::vector<std::string>> fixed = {
+        {"a"},
+        {"ab", "b", "bab", "abab", "aab"},  // overlapping, nested, suffixes of each other
+        {"never-sent-marker-5", "never-sent-marker-10", "never-sent-marker-15"},
+        {"STOR ", "RETR ", "RCPT TO:", "DATA\r\n", "QUIT", "\r\n", "\n"},
+    };
+    for (int round = 0; round < 240; ++round) {
+        std::vector<std::string> lits = round < 4
+                                            ? fixed[round]
+                                            : random_literals(rng, round % 3 ? "ab" : "abc\r\n",
+                                                              1 + rng() % 12, round % 5 ? 6 : 40);
+        LiteralSet set(lits);
+        // Streams long enough for the SIMD filter (reads over 2 x the longest literal + 64),
+        // with literals planted so that long ones occur too.
+        std::string s(rng() % 2 ? 3000 + rng() % 5000 : rng() % 300, 'a');
+        const char* alpha = round % 2 ? "ab" : "abc \r\nSTORQUIT-markerns01";
+        for (char& c : s) c = alpha[rng() % std::strlen(alpha)];
+        for (int k = 0; k < 6 && !s.empty(); ++k) {
+            const std::string& l = lits[rng() % lits.size()];
+            if (l.size() < s.size()) s.replace(rng() % (s.size() - l.size()), l.size(), l);
+        }
+        auto want = naive_occurrences(s, lits);
+        for (const char* kernel :
+             {"generic", "avx2", "avx512bw", "teddy-avx2", "teddy-avx512bw", "teddy-generic"}) {
+            if (!set.use_kernel(kernel)) continue;
+            for (int cut = 0; cut < 4; ++cut) {
+                std::vector<size_t> pieces;
+                for (size_t left = s.size(); left > 0;) {
+                    size_t max = cut == 0 ? left : cut == 1 ? 3 : cut == 2 ? 200 : 2000;
+                    size_t len = std::min(left, 1 + rng() % max);
+                    pieces.push_back(len);
+                    left -= len;
+                }
+                INFO("kernel ", std::string(kernel), " round ", round, " cut ", cut, " literals ",
+                     lits.size());
+                CHECK(streamed_occurrences(set, s, pieces) == want);
+            }
+        }
+    }
+}
+
+TEST_CASE("literal set: a literal split at every byte of a read boundary, big reads around it") {
+    LiteralSet set({"RCPT TO:", "TO:<", "never-sent-marker-20"});
+    for (const std::string lit : {"RCPT TO:", "never-sent-marker-20"}) {
+        std::string s = std::string(5000, 'x') + lit + std::string(5000, 'y');
+        for (size_t cut = 4990; cut <= 5000 + lit.size() + 5; ++cut) {
+            auto got = streamed_occurrences(set, s, {cut, s.size() - cut});
+            CHECK(got.count({5000 + lit.size(), lit == "RCPT TO:" ? 0u : 2u}) == 1);
+        }
+    }
 }
