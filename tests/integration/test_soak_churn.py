@@ -229,15 +229,16 @@ class RuleGen:
         return m or None
 
     def rule(self, name: Optional[str] = None, kind: Optional[str] = None) -> dict:
-        kind = kind or self.rng.choice(FAULT_TYPES)
-        fault, lossy = self.fault(kind)
+        """A random rule; of the given kind (then enabled) or of any kind."""
+        chosen = kind or self.rng.choice(FAULT_TYPES)
+        fault, lossy = self.fault(chosen)
         rule: dict = {"name": name or self.name()}
-        if self.rng.random() < 0.2:
+        if kind is None and self.rng.random() < 0.2:
             rule["enabled"] = False
-        m = self.match(kind, lossy)
+        m = self.match(chosen, lossy)
         if m:
             rule["match"] = m
-        if kind not in ("cap", "refuse", "restart"):
+        if chosen not in ("cap", "refuse", "restart"):
             w = self.when()
             if w:
                 rule["when"] = w
@@ -322,12 +323,12 @@ class Controller:
         x = r.random()
         base = "/api/proxies/main/rules"
         if (x < 0.25 or not names) and len(names) < MAX_RULES:
-            rule = self.gen.rule()
+            rule = self.gen.rule(kind=self.unfired_kind())
             if self.call("add", "POST", base, rule, ok=(201,)) == 201:
                 self.rules[rule["name"]] = rule
         elif x < 0.45:
             name = r.choice(names)
-            rule = self.gen.rule(name=name)
+            rule = self.gen.rule(name=name, kind=self.unfired_kind())
             if self.call("replace", "PUT", f"{base}/{name}", rule) == 200:
                 self.rules[name] = rule
         elif x < 0.62:
@@ -344,13 +345,21 @@ class Controller:
             body = {"downtime": f"{r.randint(0, 300)}ms"} if r.random() < 0.5 else None
             self.call("api_restart", "POST", "/api/proxies/main/restart", body)
         else:
-            rules = [self.gen.rule() for _ in range(r.randint(0, 4))]
+            rules = [self.gen.rule(kind=self.unfired_kind()) for _ in range(r.randint(0, 4))]
             self.write_file(rules)
             if r.random() < 0.5:
                 if self.call("reload_api", "POST", "/api/reload") == 200:
                     self.rules = {x["name"]: x for x in rules}
             else:
                 self.reload_sighup(rules)
+
+    def unfired_kind(self) -> Optional[str]:
+        """Half the time, a fault type not seen firing yet (as far as the last scrape knows):
+        in a minute of churn, a rule whose window comes every few seconds (restart, refuse) can
+        otherwise be deleted or replaced before it ever fires, and the test must see every type
+        fire. None: any type."""
+        missing = sorted(set(FAULT_TYPES) - self.fired_types)
+        return self.rng.choice(missing) if missing and self.rng.random() < 0.5 else None
 
     def reload_sighup(self, rules: list[dict]) -> None:
         self.calls["reload_sighup"] += 1
@@ -746,6 +755,7 @@ def run_soak(tcpfault, rng: random.Random, echo: EchoProcess, canary_echo: EchoP
                 ctl.stop_event.set()
             if frozen is None:
                 ctl.stop()
+                ctl.scrape_fired()  # what fired since the controller's last scrape counts too
                 probe.mark("churn over")
                 # The end: no rules (the file, reloaded), clients run to their end.
                 write_file([])
