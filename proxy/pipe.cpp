@@ -134,7 +134,9 @@ void Pipe::process(const char* p, size_t n, Chunk* owner) {
             return;
         }
         ScanResult r = events_.scan(dir_, p + off, n - off);
-        emit(p + off, r.pass, owner);
+        // Only the chunk's last segment may take the chunk over: the bytes after a fault's
+        // point are read from it once this segment is queued.
+        emit(p + off, r.pass, off + r.pass == n ? owner : nullptr);
         off += r.pass;
         if (r.hold) {
             holding_for_trigger_ = true;
@@ -174,7 +176,15 @@ void Pipe::emit(const char* p, size_t n, Chunk* owner) {
     }
     faults::StageContext ctx = events_.stage_context();
     if (!queue_) queue_ = std::make_unique<std::deque<faults::Held>>();
-    faults::Held h{std::string(p, n), 0, ctx.now_us};
+    faults::Held h;
+    h.len = n;
+    h.release_us = ctx.now_us;
+    if (owner != nullptr && *owner && n >= BufferPool::kChunkSize / 4) {
+        h.chunk = std::move(*owner);
+        h.begin = p;
+    } else {
+        h.copy.assign(p, n);
+    }
     for (auto& s : stages_) s->on_enqueue(h, ctx);
     queue_->push_back(std::move(h));
     queued_held_ += n;
@@ -216,8 +226,10 @@ void Pipe::pump() {
             next_turn_ = true;
             break;
         }
-        size_t n = std::min(h.bytes.size() - h.off, g.allow);
-        int err = sink_.write(h.bytes.data() + h.off, n, nullptr, g.own_segment);
+        size_t n = std::min(h.left(), g.allow);
+        // The last write of a held read may hand its buffer on to the socket's write queue.
+        Chunk* owner = h.chunk && n == h.left() ? &h.chunk : nullptr;
+        int err = sink_.write(h.data() + h.off, n, owner, g.own_segment);
         if (err != 0) {
             events_.on_sink_error(dir_, err);
             return;
@@ -226,7 +238,10 @@ void Pipe::pump() {
         for (auto& s : stages_) s->on_sent(n, ctx);
         h.off += n;
         queued_held_ -= n;
-        if (h.off == h.bytes.size()) queue_->pop_front();
+        if (h.off == h.len) {
+            if (h.chunk) loop_buffer_pool().give(std::move(h.chunk));
+            queue_->pop_front();
+        }
         if (terminated_) drain_deadline_us_ = ctx.now_us + kDrainBoundUs;
     }
     apply_backpressure();

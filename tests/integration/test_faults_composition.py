@@ -1,11 +1,13 @@
 """Several rules on one connection: shaping and a terminal fault together."""
 
+import socket
+import threading
 import time
 
 import pytest
 
-from fault_helpers import Recorder, first_mismatch, pattern, start_proxy
-from helpers import MiB, connect, read_outcome
+from fault_helpers import Recorder, echo_reply, first_mismatch, pattern, start_proxy
+from helpers import MiB, connect, read_outcome, recv_exact
 
 
 def _download_server(servers, n: int) -> Recorder:
@@ -59,3 +61,45 @@ def test_bandwidth_plus_close_after_bytes(tcpfault, servers, sockets):
         f"expected exactly {n} bytes then EOF, got {outcome} after {len(data)}")
     assert data == pattern(n)
     assert 0.35 <= took <= 0.75, f"512 KiB at 1MiB/s took {took:.2f}s"
+
+
+@pytest.mark.timeout(120)
+def test_shaping_that_starts_inside_a_read_keeps_32MiB_exact_both_ways(tcpfault, servers,
+                                                                          sockets):
+    """A latency stage holds big reads by taking over their buffers (no copy); a rule that
+    adds one after exactly 700,001 bytes cuts a read in two: the head goes out at once, the
+    tail is queued from inside the same buffer. 32 MiB up through an echo server and back:
+    the server gets exactly the 32 MiB sent and the client exactly the 32 MiB echoed, in 5
+    connections in a row."""
+    n = 32 * MiB
+    data = pattern(n)
+    rec = Recorder(servers, reply=echo_reply)
+    proxy = start_proxy(tcpfault, rec.addr, [
+        "{name: down, fault: {type: latency, delay: 0ms, direction: downstream}}",
+        "{name: later, when: {direction: upstream, after_bytes: 700001}, "
+        "fault: {type: latency, delay: 1ms, direction: both}}"])
+    for i in range(5):
+        c = connect(proxy.addr())
+        sockets.append(c)
+        sent: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                c.sendall(data)
+                c.shutdown(socket.SHUT_WR)
+            except BaseException as e:  # reported below
+                sent.append(e)
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        got = recv_exact(c, n, timeout=60)
+        t.join(10)
+        assert not sent, f"connection {i + 1}: sending failed: {sent[0]!r}"
+        server_got = rec.wait_end(i + 1, timeout=10).data
+        assert len(server_got) == n and server_got == data, (
+            f"connection {i + 1}: the server got {len(server_got)} bytes, first difference at "
+            f"{first_mismatch(bytes(server_got), data)}")
+        assert got == data, (
+            f"connection {i + 1}: the client got back data that differs at "
+            f"{first_mismatch(got, data)}")
+        c.close()
