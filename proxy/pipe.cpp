@@ -244,6 +244,8 @@ void Pipe::pump() {
         }
         if (terminated_) drain_deadline_us_ = ctx.now_us + kDrainBoundUs;
     }
+    // An emptied queue goes: a shaped connection that falls idle keeps no deque (~600 bytes).
+    if (queue_ && queue_->empty()) queue_.reset();
     apply_backpressure();
     maybe_pass_fin();
     rearm();

@@ -136,8 +136,8 @@ class Pipe final : private Deadlines::Client {
 
     std::vector<std::unique_ptr<faults::Stage>> stages_;
     int shaping_stages_ = 0;
-    // Allocated on first use: an empty std::deque already costs ~600 bytes of heap, and most
-    // connections never shape a byte.
+    // Allocated while something is held: an empty std::deque already costs ~600 bytes of heap,
+    // most connections never shape a byte, and an idle shaped one holds nothing.
     std::unique_ptr<std::deque<faults::Held>> queue_;
     size_t queued_held_ = 0;
     std::string trigger_hold_;  // bytes behind a hold point, not yet scanned by triggers
