@@ -231,6 +231,12 @@ void Pipe::pump() {
         Chunk* owner = h.chunk && n == h.left() ? &h.chunk : nullptr;
         int err = sink_.write(h.data() + h.off, n, owner, g.own_segment);
         if (err != 0) {
+            // A buffer the failed write took is gone with it, and so is this entry: nothing may
+            // read it again, whatever the error's handling does next.
+            if (owner != nullptr && !h.chunk) {
+                queued_held_ -= h.left();
+                queue_->pop_front();
+            }
             events_.on_sink_error(dir_, err);
             return;
         }
