@@ -58,20 +58,11 @@ bool peer_closed(Endpoint& e) {
 constexpr int kFdReserve = 4;
 
 // Descriptors are handed out lowest first, so an accepted socket's number says how close the
-// process is to RLIMIT_NOFILE. The limit can be changed from outside (prlimit), so it is read
-// again in every new millisecond (per loop thread): a loop accepting thousands a second then
-// skips a system call per connection, and a lowered limit counts from the next millisecond.
+// process is to RLIMIT_NOFILE (read each time: it can be changed from outside, prlimit).
 bool near_fd_limit(int fd) {
-    thread_local uint64_t read_ms = UINT64_MAX;
-    thread_local rlim_t soft = RLIM_INFINITY;
-    uint64_t ms = uv_hrtime() / 1'000'000;
-    if (ms != read_ms) {
-        rlimit r{};
-        soft = getrlimit(RLIMIT_NOFILE, &r) == 0 ? r.rlim_cur : RLIM_INFINITY;
-        read_ms = ms;
-    }
-    if (fd < 0 || soft == RLIM_INFINITY) return false;
-    return static_cast<rlim_t>(fd) + kFdReserve >= soft;
+    rlimit r{};
+    if (fd < 0 || getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY) return false;
+    return static_cast<rlim_t>(fd) + kFdReserve >= r.rlim_cur;
 }
 
 // Logged the first time and then once per 1,000, so a flood at the limit cannot flood the log.
