@@ -23,6 +23,13 @@ class BufferPool {
     Chunk take();
     void give(Chunk c);
 
+    // Whether `n` of a chunk's bytes, waiting for a slow peer, keep the chunk itself (taken
+    // over from `owner`) rather than a copy: only when they fill a quarter of it, so a few bytes
+    // never pin a whole chunk and memory stays close to the bytes actually held.
+    static bool worth_taking(const Chunk* owner, size_t n) {
+        return owner != nullptr && *owner && n >= kChunkSize / 4;
+    }
+
   private:
     std::vector<Chunk> free_;
 };

@@ -123,10 +123,8 @@ int Endpoint::write(const char* p, size_t len, Chunk* owner, bool own_segment) {
     auto req = std::make_unique<WriteReq>();
     req->endpoint = this;
     req->len = len;
-    // A small remainder is copied so a mostly-empty chunk is not pinned while the peer is
-    // slow; memory accounting then stays close to the bytes actually held.
     const char* base;
-    if (owner != nullptr && *owner && len >= BufferPool::kChunkSize / 4) {
+    if (BufferPool::worth_taking(owner, len)) {
         req->data = std::move(*owner);
         req->pooled = true;
         base = p;

@@ -179,7 +179,7 @@ void Pipe::emit(const char* p, size_t n, Chunk* owner) {
     faults::Held h;
     h.len = n;
     h.release_us = ctx.now_us;
-    if (owner != nullptr && *owner && n >= BufferPool::kChunkSize / 4) {
+    if (BufferPool::worth_taking(owner, n)) {
         h.chunk = std::move(*owner);
         h.begin = p;
     } else {
