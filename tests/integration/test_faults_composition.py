@@ -1,13 +1,12 @@
 """Several rules on one connection: shaping and a terminal fault together."""
 
 import socket
-import threading
 import time
 
 import pytest
 
 from fault_helpers import Recorder, echo_reply, first_mismatch, pattern, start_proxy
-from helpers import MiB, connect, read_outcome, recv_exact
+from helpers import MiB, connect, read_outcome, recv_exact, run_threads
 
 
 def _download_server(servers, n: int) -> Recorder:
@@ -81,20 +80,14 @@ def test_shaping_that_starts_inside_a_read_keeps_32MiB_exact_both_ways(tcpfault,
     for i in range(5):
         c = connect(proxy.addr())
         sockets.append(c)
-        sent: list[BaseException] = []
 
-        def send() -> None:
-            try:
-                c.sendall(data)
-                c.shutdown(socket.SHUT_WR)
-            except BaseException as e:  # reported below
-                sent.append(e)
+        def send(c=c) -> None:
+            c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
 
-        t = threading.Thread(target=send, daemon=True)
-        t.start()
-        got = recv_exact(c, n, timeout=60)
-        t.join(10)
-        assert not sent, f"connection {i + 1}: sending failed: {sent[0]!r}"
+        got = run_threads([(f"send #{i + 1}", send),
+                           (f"receive #{i + 1}", lambda c=c: recv_exact(c, n, timeout=60))],
+                          timeout=70)[f"receive #{i + 1}"]
         server_got = rec.wait_end(i + 1, timeout=10).data
         assert len(server_got) == n and server_got == data, (
             f"connection {i + 1}: the server got {len(server_got)} bytes, first difference at "
