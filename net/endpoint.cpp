@@ -23,6 +23,9 @@ constexpr uint64_t kLingerUs = 2'000'000;
 constexpr uint64_t kLingerMaxUs = 30'000'000;
 // Polls of the kernel's queues back off from 1 ms to this.
 constexpr uint32_t kMaxPollMs = 50;
+// Only a socket's first reads look for a FIN right behind them (fin_behind): that is where a
+// short exchange ends, and a long stream would pay a system call per read for its one FIN.
+constexpr uint8_t kFinPeekReads = 4;
 
 bool is_fin_kind(Ending k) {
     return k == Ending::fin || k == Ending::fin_then_discard || k == Ending::fin_then_reset;
@@ -89,7 +92,17 @@ void Endpoint::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     }
     if (self->state_ == State::open) {
         if (nread > 0) {
-            self->events_.on_data(*self, chunk, static_cast<size_t>(nread));
+            // A FIN right behind the bytes is taken now rather than on the next turn of the
+            // loop, so the pipe can pass both on together. The kernel answers read() with 0
+            // from here on, and libuv would stop reading on it anyway.
+            bool fin = self->fin_behind(static_cast<size_t>(nread), buf->len);
+            if (fin) {
+                uv_read_stop(s);
+                self->reading_ = false;
+                self->peer_fin_ = true;
+            }
+            self->events_.on_data(*self, chunk, static_cast<size_t>(nread), fin);
+            if (fin && self->state_ == State::open) self->events_.on_eof(*self);
         } else if (nread == UV_EOF) {
             self->peer_fin_ = true;
             self->events_.on_eof(*self);
@@ -100,20 +113,36 @@ void Endpoint::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     if (chunk) loop_buffer_pool().give(std::move(chunk));
 }
 
-int Endpoint::write(const char* p, size_t len, Chunk* owner, bool own_segment) {
+bool Endpoint::fin_behind(size_t nread, size_t asked) {
+    if (reads_peeked_ == kFinPeekReads) return false;
+    ++reads_peeked_;
+    // A full read says nothing about what follows; a short one emptied the socket, and a peek
+    // tells a FIN (0) from nothing yet (EAGAIN) or more bytes.
+    if (nread >= asked) return false;
+    char c;
+    return ::recv(fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+int Endpoint::write(const char* p, size_t len, Chunk* owner, Push push) {
     if (!usable() || fin_requested_) return UV_EPIPE;
     if (len == 0) return 0;
+    corked_ = false;  // any write sends what an earlier with_fin write left waiting
     if (queued_ == 0) {
         ssize_t n;
-        if (own_segment) {
+        if (push != Push::now) {
             // MSG_EOR: the kernel neither corks these bytes nor appends later writes to them.
-            n = ::send(fd(), p, len, MSG_EOR | MSG_DONTWAIT | MSG_NOSIGNAL);
+            // MSG_MORE: it holds them for what comes next (the FIN).
+            int flags = (push == Push::alone ? MSG_EOR : MSG_MORE) | MSG_DONTWAIT | MSG_NOSIGNAL;
+            n = ::send(fd(), p, len, flags);
             if (n < 0) n = (errno == EAGAIN || errno == EWOULDBLOCK) ? UV_EAGAIN : -errno;
         } else {
             uv_buf_t b = uv_buf_init(const_cast<char*>(p), static_cast<unsigned>(len));
             n = uv_try_write(stream(), &b, 1);
         }
-        if (n == static_cast<ssize_t>(len)) return 0;
+        if (n == static_cast<ssize_t>(len)) {
+            corked_ = push == Push::with_fin;
+            return 0;
+        }
         if (n < 0 && n != UV_EAGAIN) return static_cast<int>(n);
         if (n > 0) {
             p += n;
@@ -160,6 +189,15 @@ void Endpoint::on_write(uv_write_t* r, int status) {
         self->events_.on_write_error(*self, status);
     else
         self->events_.on_write_done(*self);
+}
+
+void Endpoint::uncork() {
+    if (!corked_) return;
+    corked_ = false;
+    if (!usable() || fin_requested_) return;  // the FIN took the bytes along
+    // Clearing TCP_CORK pushes whatever waits, whether or not it was set (MSG_MORE).
+    int off = 0;
+    setsockopt(fd(), IPPROTO_TCP, TCP_CORK, &off, sizeof off);
 }
 
 int Endpoint::shutdown_write() {
@@ -214,6 +252,7 @@ bool Endpoint::end(Ending kind) {
     if (state_ == State::unopened || state_ == State::closing || state_ == State::closed)
         return false;
     if (state_ == State::ending && ending_strength(kind) <= ending_strength(kind_)) return false;
+    uncork();  // bytes already forwarded leave before any ending, a FIN's or a RST's
     kind_ = kind;
     state_ = State::ending;
     // The common end of a connection: both FINs have passed and nothing is left to send.

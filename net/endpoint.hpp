@@ -36,10 +36,12 @@ class Endpoint final : private Deadlines::Client {
     class Events {
       public:
         virtual void on_opened(Endpoint&) = 0;  // a handle now exists (counted by the owner)
-        virtual void on_data(Endpoint&, Chunk& chunk, size_t n) = 0;  // may steal the chunk
-        virtual void on_eof(Endpoint&) = 0;                           // the peer's FIN
-        virtual void on_read_error(Endpoint&, int err) = 0;           // e.g. the peer's RST
-        virtual void on_write_done(Endpoint&) = 0;  // a queued write completed: room again
+        // May steal the chunk. `fin_follows`: the peer's FIN is right behind these bytes, and
+        // on_eof() comes next, in the same turn of the loop (unless this call ended the socket).
+        virtual void on_data(Endpoint&, Chunk& chunk, size_t n, bool fin_follows) = 0;
+        virtual void on_eof(Endpoint&) = 0;                  // the peer's FIN
+        virtual void on_read_error(Endpoint&, int err) = 0;  // e.g. the peer's RST
+        virtual void on_write_done(Endpoint&) = 0;           // a queued write completed: room again
         virtual void on_write_error(Endpoint&, int err) = 0;
         virtual void on_fin_sent(Endpoint&) = 0;  // shutdown_write()'s FIN is handed over
         virtual void on_discarded(Endpoint&, size_t n) = 0;  // read and dropped while ending
@@ -80,13 +82,21 @@ class Endpoint final : private Deadlines::Client {
     // Caps the size of each read (clamp's read_size); 0 restores the default.
     void set_max_read(size_t n) { max_read_ = n; }
 
+    // How written bytes leave. now: as soon as the kernel can send them. alone: as a segment of
+    // their own, never merged with what follows (MSG_EOR). with_fin: the caller passes the FIN
+    // on next, in the same turn of the loop, and the bytes wait in the kernel (MSG_MORE) to
+    // leave in one segment with it, as a server's last reply and its FIN often do; uncork()
+    // sends them if the FIN does not follow after all.
+    enum class Push : uint8_t { now, alone, with_fin };
+
     // Writes [p, p+len). Tries a direct write first; what the kernel does not take is queued,
     // stealing `owner` (the chunk p points into) when the rest is large, else copying.
-    // `own_segment`: these bytes leave as a segment of their own, never merged with what
-    // follows (MSG_EOR). Returns 0 or a libuv error if the socket failed synchronously.
-    // Allowed until the FIN is requested.
-    int write(const char* p, size_t len, Chunk* owner, bool own_segment = false);
+    // Returns 0 or a libuv error if the socket failed synchronously. Allowed until the FIN is
+    // requested.
+    int write(const char* p, size_t len, Chunk* owner, Push push = Push::now);
     size_t queued_bytes() const { return queued_; }
+    // Sends what a with_fin write left waiting, when no FIN took it along. Idempotent.
+    void uncork();
 
     // The pass-through half-close: FIN after everything queued; reading goes on. Idempotent.
     // With nothing queued the FIN is sent at once and on_fin_sent() is called before this
@@ -108,6 +118,9 @@ class Endpoint final : private Deadlines::Client {
     int send_fin();
     static void on_close(uv_handle_t* h);
 
+    // Whether the peer's FIN is the next thing to read, after one of the socket's first reads
+    // came back short (a peek).
+    bool fin_behind(size_t nread, size_t asked);
     void read_while_ending(ssize_t nread);
     void fin_handed_over();
     // One step of an ending: finishes it when it can, else polls (bounded).
@@ -131,6 +144,8 @@ class Endpoint final : private Deadlines::Client {
     bool peer_fin_ = false;
     bool fin_requested_ = false;
     bool fin_sent_ = false;
+    bool corked_ = false;       // a with_fin write waits in the kernel for the FIN
+    uint8_t reads_peeked_ = 0;  // see fin_behind()
     // Bounds inside an ending (µs of uv_hrtime).
     uint64_t progress_deadline_us_ = 0;  // no progress by then: reset
     uint64_t linger_deadline_us_ = 0;    // fin: the peer's FIN by then, else close

@@ -65,7 +65,7 @@ void Pipe::stages_changed() {
         events_.on_source_reset(dir_, source_error_);
 }
 
-void Pipe::on_data(Chunk& chunk, size_t n) {
+void Pipe::on_data(Chunk& chunk, size_t n, bool fin_follows) {
     bytes_ += n;
     events_.on_bytes(dir_, n);
     if (terminated_) return;  // read before the fault stopped it: dropped
@@ -81,7 +81,11 @@ void Pipe::on_data(Chunk& chunk, size_t n) {
         filter_->feed(chunk.get(), n, out);
         process(out.data(), out.size(), nullptr);
     } else {
+        // The read's last bytes may wait for the FIN behind them and leave in one segment with
+        // it, when no stage can act on the FIN first (on_eof uncorks them in any case).
+        fin_end_ = fin_follows && stages_.empty() ? chunk.get() + n : nullptr;
         process(chunk.get(), n, &chunk);
+        fin_end_ = nullptr;
     }
 }
 
@@ -93,13 +97,15 @@ void Pipe::on_eof() {
         faults::StageContext ctx = events_.stage_context();
         for (auto& s : stages_) s->on_end(ctx);
     }
-    if (terminated_) return;
-    if (filter_ != nullptr) {
-        std::string rest;
-        filter_->flush(rest);
-        if (!rest.empty()) process(rest.data(), rest.size(), nullptr);
+    if (!terminated_) {
+        if (filter_ != nullptr) {
+            std::string rest;
+            filter_->flush(rest);
+            if (!rest.empty()) process(rest.data(), rest.size(), nullptr);
+        }
+        maybe_pass_fin();
     }
-    maybe_pass_fin();
+    sink_.uncork();  // bytes written to leave with the FIN, if it could not follow them
 }
 
 // ECONNRESET and friends: the source is gone abruptly. Mirrored as a RST, never turned into a
@@ -130,13 +136,16 @@ void Pipe::process(const char* p, size_t n, Chunk* owner) {
     size_t off = 0;
     while (off < n) {
         if (!events_.watches(dir_)) {
-            emit(p + off, n - off, owner);
+            emit(p + off, n - off, owner, push_for(p + n));
             return;
         }
         ScanResult r = events_.scan(dir_, p + off, n - off);
         // Only the chunk's last segment may take the chunk over: the bytes after a fault's
-        // point are read from it once this segment is queued.
-        emit(p + off, r.pass, off + r.pass == n ? owner : nullptr);
+        // point are read from it once this segment is queued. Nor may it wait for the FIN when
+        // a fault fires after it.
+        bool last = off + r.pass == n;
+        emit(p + off, r.pass, last ? owner : nullptr,
+             last && !r.fired && !r.hold ? push_for(p + n) : Endpoint::Push::now);
         off += r.pass;
         if (r.hold) {
             holding_for_trigger_ = true;
@@ -162,11 +171,11 @@ void Pipe::release_trigger_hold() {
     maybe_pass_fin();
 }
 
-void Pipe::emit(const char* p, size_t n, Chunk* owner) {
+void Pipe::emit(const char* p, size_t n, Chunk* owner, Endpoint::Push push) {
     if (n == 0 || terminated_) return;
     forwarded_ += n;
     if (!shaping()) {
-        int err = sink_.write(p, n, owner);
+        int err = sink_.write(p, n, owner, push);
         if (err != 0) {
             events_.on_sink_error(dir_, err);
             return;
@@ -229,7 +238,8 @@ void Pipe::pump() {
         size_t n = std::min(h.left(), g.allow);
         // The last write of a held read may hand its buffer on to the socket's write queue.
         Chunk* owner = h.chunk && n == h.left() ? &h.chunk : nullptr;
-        int err = sink_.write(h.data() + h.off, n, owner, g.own_segment);
+        int err = sink_.write(h.data() + h.off, n, owner,
+                              g.own_segment ? Endpoint::Push::alone : Endpoint::Push::now);
         if (err != 0) {
             // A buffer the failed write took is gone with it, and so is this entry: nothing may
             // read it again, whatever the error's handling does next.

@@ -98,7 +98,7 @@ class Pipe final : private Deadlines::Client {
     void terminate(bool keep_shaped);
 
     // From the source endpoint.
-    void on_data(Chunk& chunk, size_t n);
+    void on_data(Chunk& chunk, size_t n, bool fin_follows);
     void on_eof();
     void on_read_error(int err);
     // From the sink endpoint.
@@ -109,7 +109,12 @@ class Pipe final : private Deadlines::Client {
     bool queue_empty() const { return !queue_ || queue_->empty(); }
     bool shaping() const { return shaping_stages_ > 0 || !queue_empty(); }
     void process(const char* p, size_t n, Chunk* owner);
-    void emit(const char* p, size_t n, Chunk* owner);
+    void emit(const char* p, size_t n, Chunk* owner, Endpoint::Push push);
+    // How a segment ending at `end` is written: with the FIN, when it ends the read the FIN
+    // follows (fin_end_).
+    Endpoint::Push push_for(const char* end) const {
+        return end == fin_end_ ? Endpoint::Push::with_fin : Endpoint::Push::now;
+    }
     void pump();
     void update_reading();
     void apply_backpressure();
@@ -133,6 +138,8 @@ class Pipe final : private Deadlines::Client {
     bool terminated_ = false;
     bool holding_for_trigger_ = false;
     faults::FtpLineFilter* filter_ = nullptr;
+    // While on_data processes a read the source's FIN follows: the read's end, else null.
+    const char* fin_end_ = nullptr;
 
     std::vector<std::unique_ptr<faults::Stage>> stages_;
     int shaping_stages_ = 0;

@@ -228,7 +228,9 @@ class Session final : public FtpControl::Host,
 
     // Endpoint::Events
     void on_opened(Endpoint&) override { ++live_; }
-    void on_data(Endpoint& e, Chunk& chunk, size_t n) override { pipe_from(e).on_data(chunk, n); }
+    void on_data(Endpoint& e, Chunk& chunk, size_t n, bool fin_follows) override {
+        pipe_from(e).on_data(chunk, n, fin_follows);
+    }
     void on_eof(Endpoint& e) override { pipe_from(e).on_eof(); }
     void on_read_error(Endpoint& e, int err) override { pipe_from(e).on_read_error(err); }
     void on_write_done(Endpoint& e) override { pipe_into(e).on_write_done(); }

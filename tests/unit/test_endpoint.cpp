@@ -29,6 +29,7 @@ struct Recorder : Endpoint::Events, Deadlines::Owner {
     int closed = 0;
     int after_close = 0;  // any event after the close callback: must stay 0
     std::string data;
+    int fin_follows = 0;  // reads reported with the peer's FIN right behind them
     bool eof = false;
     int read_error = 0;
     int write_error = 0;
@@ -42,12 +43,15 @@ struct Recorder : Endpoint::Events, Deadlines::Owner {
         ++opened;
         ++handles;
     }
-    void on_data(Endpoint&, Chunk& c, size_t n) override {
+    void on_data(Endpoint&, Chunk& c, size_t n, bool fin) override {
         note();
+        CHECK_FALSE(eof);  // no bytes after the FIN
         data.append(c.get(), n);
+        fin_follows += fin ? 1 : 0;
     }
     void on_eof(Endpoint&) override {
         note();
+        CHECK_FALSE(eof);  // once
         eof = true;
     }
     void on_read_error(Endpoint&, int err) override {
@@ -368,4 +372,65 @@ TEST_CASE(
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(owner.handles == 0);
     CHECK(uv_loop_close(&loop) == 0);
+}
+
+namespace {
+// The peer's bytes and FIN as one segment (corked until the shutdown).
+void peer_send_with_fin(int peer, const char* bytes) {
+    int one = 1;
+    REQUIRE(setsockopt(peer, IPPROTO_TCP, TCP_CORK, &one, sizeof one) == 0);
+    REQUIRE(send(peer, bytes, strlen(bytes), MSG_NOSIGNAL) == static_cast<ssize_t>(strlen(bytes)));
+    REQUIRE(shutdown(peer, SHUT_WR) == 0);
+}
+}  // namespace
+
+TEST_CASE("endpoint: a FIN right behind the bytes is reported with them, then on_eof once") {
+    Pair p;
+    peer_send_with_fin(p.peer, "last words");
+    REQUIRE(p.run_until([&] { return p.rec.eof; }));
+    CHECK(p.rec.data == "last words");
+    CHECK(p.rec.fin_follows == 1);
+    CHECK(p.ep.peer_fin());
+    CHECK_FALSE(p.ep.reading());
+    // Bytes with no FIN behind them say so.
+    Pair q;
+    REQUIRE(send(q.peer, "more to come", 12, MSG_NOSIGNAL) == 12);
+    REQUIRE(q.run_until([&] { return q.rec.data.size() == 12; }));
+    CHECK(q.rec.fin_follows == 0);
+    CHECK_FALSE(q.rec.eof);
+}
+
+TEST_CASE("endpoint: bytes written to leave with the FIN do, and uncork() sends them without") {
+    SUBCASE("the FIN follows: bytes then EOF") {
+        Pair p;
+        REQUIRE(p.ep.write("reply", 5, nullptr, Endpoint::Push::with_fin) == 0);
+        REQUIRE(p.ep.shutdown_write() == 0);
+        auto r = p.peer_read_all();
+        CHECK(r.bytes == "reply");
+        CHECK(r.eof);
+    }
+    SUBCASE("no FIN: held by the kernel until uncork(), then sent, the socket still open") {
+        Pair p;
+        REQUIRE(p.ep.write("reply", 5, nullptr, Endpoint::Push::with_fin) == 0);
+        char c;
+        CHECK(recv(p.peer, &c, 1, MSG_DONTWAIT) == -1);  // waiting for the FIN (MSG_MORE)
+        CHECK(errno == EAGAIN);
+        p.ep.uncork();
+        auto r = p.peer_read_all(0.5);
+        CHECK(r.bytes == "reply");
+        CHECK_FALSE(r.eof);
+        CHECK(r.err == 0);
+        CHECK(p.ep.open());
+    }
+    SUBCASE("an ending sends them first, a RST's too") {
+        for (Ending k : kKinds) {
+            if (k == Ending::reset_now) continue;  // discards what is unsent, by definition
+            CAPTURE(ending_name(k));
+            Pair p;
+            REQUIRE(p.ep.write("reply", 5, nullptr, Endpoint::Push::with_fin) == 0);
+            REQUIRE(p.ep.end(k));
+            auto r = p.peer_read_all(1.0);  // well within the kernel's own 200 ms+ probe
+            CHECK(r.bytes == "reply");
+        }
+    }
 }
