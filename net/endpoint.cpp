@@ -72,6 +72,21 @@ void Endpoint::stop_reading() {
     reading_ = false;
 }
 
+void Endpoint::read_now() {
+    if (state_ != State::open || !reading_) return;
+    uv_buf_t buf;
+    on_alloc(reinterpret_cast<uv_handle_t*>(&tcp_), 0, &buf);
+    ssize_t n = ::read(fd(), buf.base, buf.len);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        loop_buffer_pool().give(Chunk(buf.base));
+        return;
+    }
+    ssize_t nread = n > 0 ? n : n == 0 ? UV_EOF : uv_translate_sys_error(errno);
+    // libuv stops reading on an EOF or error it reads itself; this one it did not read.
+    if (nread < 0) uv_read_stop(stream());
+    on_read(stream(), nread, &buf);
+}
+
 void Endpoint::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     auto* self = static_cast<Endpoint*>(h->data);
     Chunk c = loop_buffer_pool().take();

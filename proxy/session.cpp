@@ -336,6 +336,9 @@ void Session::on_connected() {
     if (ending_) return;
     up_.start();
     down_.start();
+    // The side that connected to us most likely sent its request while this connection was
+    // made: it moves now, not a turn of the loop (an epoll_wait) later.
+    if (!ending_) accepted_->read_now();
 }
 
 void Session::upstream_failed(const char* kind, int err) {

@@ -434,3 +434,19 @@ TEST_CASE("endpoint: bytes written to leave with the FIN do, and uncork() sends 
         }
     }
 }
+
+TEST_CASE("endpoint: read_now() reads what is there without a turn of the loop") {
+    Pair p;
+    p.ep.read_now();  // nothing there yet: no report, still reading
+    CHECK(p.rec.data.empty());
+    CHECK(p.ep.reading());
+    peer_send_with_fin(p.peer, "request");
+    // Loopback delivers during send(): the bytes are in our socket before the loop runs.
+    p.ep.read_now();
+    CHECK(p.rec.data == "request");
+    CHECK(p.rec.eof);
+    CHECK_FALSE(p.ep.reading());
+    p.ep.read_now();  // no longer reading: nothing
+    uv_run(&p.loop, UV_RUN_NOWAIT);
+    CHECK(p.rec.data == "request");
+}
