@@ -117,7 +117,10 @@ void Endpoint::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
                 self->peer_fin_ = true;
             }
             self->events_.on_data(*self, chunk, static_cast<size_t>(nread), fin);
-            if (fin && self->state_ == State::open) self->events_.on_eof(*self);
+            if (fin && self->state_ == State::open)
+                self->events_.on_eof(*self);
+            else if (fin && self->state_ == State::ending)
+                self->advance();  // ended meanwhile: the FIN counts as read_while_ending's would
         } else if (nread == UV_EOF) {
             self->peer_fin_ = true;
             self->events_.on_eof(*self);
