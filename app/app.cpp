@@ -231,6 +231,9 @@ std::string App::apply(const config::Config& cfg) {
             continue;
         }
         // Removed or re-bound: stop accepting; its open connections finish on their own.
+        if (std::none_of(cfg.proxies.begin(), cfg.proxies.end(),
+                         [&](const config::Proxy& p) { return p.name == s->name(); }))
+            metrics_.retire_proxy(s->name());
         s->stop_accepting();
         retiring_.push_back(std::move(s));
     }
@@ -278,6 +281,7 @@ std::string App::add_proxy(const config::Proxy& p, int* listen_error) {
 bool App::remove_proxy(const std::string& name) {
     for (auto it = servers_.begin(); it != servers_.end(); ++it) {
         if ((*it)->name() != name) continue;
+        metrics_.retire_proxy(name);
         (*it)->stop_accepting();
         (*it)->abort_sessions(true);
         retiring_.push_back(std::move(*it));

@@ -73,10 +73,43 @@ void Metrics::declare_proxy(const std::string& proxy) {
     duration_.Add({{"proxy", proxy}}, kDurationBuckets);
 }
 
-void Metrics::declare_rule(const std::string& proxy, const std::string& rule, const char* fault) {
-    faults_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}});
-    suppressed_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}});
-    rule_active_.Add({{"proxy", proxy}, {"rule", rule}});
+void Metrics::declare_rules(const std::string& proxy, const std::vector<RuleLabels>& rules) {
+    std::set<RuleKey> now;
+    for (const auto& [rule, fault] : rules) {
+        RuleKey k{proxy, rule, fault};
+        faults_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}});
+        suppressed_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}});
+        rule_active_.Add({{"proxy", proxy}, {"rule", rule}});
+        std::erase(retired_rules_, k);  // back: its series go on
+        live_rules_.insert(k);
+        now.insert(std::move(k));
+    }
+    std::vector<RuleKey> gone;
+    for (auto it = live_rules_.lower_bound(RuleKey{proxy, {}, {}});
+         it != live_rules_.end() && it->proxy == proxy; ++it)
+        if (now.count(*it) == 0) gone.push_back(*it);
+    for (const auto& k : gone) retire(k, now);
+}
+
+void Metrics::retire_proxy(const std::string& proxy) {
+    declare_rules(proxy, {});
+    active_.Remove(&active_.Add({{"proxy", proxy}}));
+}
+
+void Metrics::retire(const RuleKey& k, const std::set<RuleKey>& live_now) {
+    live_rules_.erase(k);
+    // The rule is gone unless it lives on under another fault type.
+    auto same_name = live_now.lower_bound(RuleKey{k.proxy, k.rule, {}});
+    if (same_name == live_now.end() || same_name->rule != k.rule)
+        rule_active_.Remove(&rule_active_.Add({{"proxy", k.proxy}, {"rule", k.rule}}));
+    retired_rules_.push_back(k);
+    while (retired_rules_.size() > kMaxRetiredRules) {
+        const RuleKey& old = retired_rules_.front();
+        prometheus::Labels labels{{"proxy", old.proxy}, {"rule", old.rule}, {"fault", old.fault}};
+        faults_.Remove(&faults_.Add(labels));
+        suppressed_.Remove(&suppressed_.Add(labels));
+        retired_rules_.pop_front();
+    }
 }
 
 void Metrics::declare_fault(const std::string& proxy, const std::string& rule, const char* fault) {
@@ -84,7 +117,8 @@ void Metrics::declare_fault(const std::string& proxy, const std::string& rule, c
 }
 
 Metrics::ProxySeries Metrics::proxy_series(const std::string& proxy) {
-    // Series are never removed, so the references stay valid for the process's life.
+    // These two series are never removed (retire_proxy leaves them), so the references stay
+    // valid for the process's life.
     return ProxySeries{&connections_.Add({{"proxy", proxy}}),
                        &duration_.Add({{"proxy", proxy}}, kDurationBuckets)};
 }

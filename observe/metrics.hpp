@@ -9,8 +9,12 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <deque>
 #include <memory>
+#include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace tcpfault {
 
@@ -20,7 +24,18 @@ class Metrics {
 
     // Series every proxy shows from its start, so a scrape lists all labels with 0 values.
     void declare_proxy(const std::string& proxy);
-    void declare_rule(const std::string& proxy, const std::string& rule, const char* fault);
+    // A proxy's rules now, as (name, fault type): their series are declared, and those of the
+    // proxy's rules that are gone (deleted, or replaced by another fault type) are retired.
+    // A retired rule's tcpfault_rule_active series goes at once; its fault counters stay, so a
+    // scrape after the deletion still sees what it injected, until kMaxRetiredRules rules
+    // retired later push them out, oldest first. A rule declared again continues its series.
+    // Called on the main loop only.
+    using RuleLabels = std::pair<std::string, const char*>;
+    void declare_rules(const std::string& proxy, const std::vector<RuleLabels>& rules);
+    // The proxy is gone (deleted, or no longer in the config): its rules are retired and its
+    // tcpfault_connections_active series goes. Its counters stay (their series are cached).
+    void retire_proxy(const std::string& proxy);
+    static constexpr size_t kMaxRetiredRules = 1000;
     // One tcpfault_faults_total series without a rule behind it (the admin API's label).
     void declare_fault(const std::string& proxy, const std::string& rule, const char* fault);
 
@@ -48,6 +63,13 @@ class Metrics {
                                                       "other"};
 
   private:
+    // (proxy, rule, fault): one rule's series.
+    struct RuleKey {
+        std::string proxy, rule, fault;
+        auto operator<=>(const RuleKey&) const = default;
+    };
+    void retire(const RuleKey& k, const std::set<RuleKey>& live_now);
+
     std::shared_ptr<prometheus::Registry> registry_;
     prometheus::Family<prometheus::Counter>& connections_;
     prometheus::Family<prometheus::Gauge>& active_;
@@ -59,6 +81,8 @@ class Metrics {
     prometheus::Family<prometheus::Gauge>& rule_active_;
     prometheus::Family<prometheus::Histogram>& duration_;
     prometheus::Family<prometheus::Counter>& reloads_;
+    std::set<RuleKey> live_rules_;
+    std::deque<RuleKey> retired_rules_;  // oldest first, at most kMaxRetiredRules
 };
 
 }  // namespace tcpfault

@@ -709,8 +709,9 @@ void ProxyServer::set_metrics(Metrics* m) {
     if (metrics_ == nullptr) return;
     metrics_->declare_proxy(name());
     series_ = metrics_->proxy_series(name());
-    for (const auto& r : cfg_->rules)
-        metrics_->declare_rule(name(), r.name, config::fault_name(r.fault));
+    std::vector<Metrics::RuleLabels> rules;
+    for (const auto& r : cfg_->rules) rules.emplace_back(r.name, config::fault_name(r.fault));
+    metrics_->declare_rules(name(), rules);
     // Faults the admin API applies to one connection, so a dashboard finds them at 0.
     for (const auto& k : faults::fault_kinds())
         if (k.scope != faults::Scope::proxy)

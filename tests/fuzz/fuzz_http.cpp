@@ -222,7 +222,7 @@ Metrics& metrics() {
     static Metrics* m = [] {
         auto* x = new Metrics();
         x->declare_proxy("web");
-        x->declare_rule("web", "slow", "latency");
+        x->declare_rules("web", {{"slow", "latency"}});
         return x;
     }();
     return *m;

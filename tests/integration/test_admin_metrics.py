@@ -262,3 +262,58 @@ def test_reload_results_counted(tcpfault, servers):
             assert m.need("tcpfault_config_reloads_total", result=res) == expect[res], \
                 f"after a {result} reload by {how}: {res} should be {expect[res]}"
     assert expect == {"ok": 3, "error": 3}
+
+
+@pytest.mark.timeout(60)
+def test_deleted_rules_and_proxies_leave_their_gauges_and_bounded_counters(tcpfault, servers):
+    """docs/metrics.md: a deleted rule's tcpfault_rule_active series goes at once (a dashboard of
+    "rules in force" must not show it); its fault counters stay for the scrape after the
+    deletion, until 1,000 later deletions push them out. A proxy removed by a reload loses its
+    tcpfault_connections_active series. Many uniquely named rules added and deleted over the
+    API leave /metrics bounded."""
+    echo = servers.echo()
+    p, api = start_with_admin(tcpfault, [
+        {"name": "p", "upstream": echo.addr,
+         "rules": ["{name: rst, match: {connections: {every: 1}}, fault: {type: reset}}"]},
+        {"name": "gone", "upstream": echo.addr}])
+    addr = p.addr("p")
+    try:
+        s = connect(addr)
+        with s:
+            read_outcome(s, 5)
+    except ConnectionResetError:
+        pass
+    p.wait_for_log("fault injected", rule="rst", count=1)
+    m = api.wait_metric("tcpfault_connections_active", 0, proxy="p")
+    assert m.need("tcpfault_rule_active", proxy="p", rule="rst") == 1
+
+    # The file drops proxy "gone": its active gauge goes with it.
+    assert m.need("tcpfault_connections_active", proxy="gone") == 0
+    text = p.config_path.read_text()
+    start = text.index("- name: gone")
+    tcpfault.write_config(text[:start].rstrip() + "\n", name=p.config_path.name)
+    mark = p.mark()
+    assert api.post("/api/reload").status == 200
+    p.wait_for_log("reloaded", since=mark)
+    m = api.scrape()
+    assert m.value("tcpfault_connections_active", proxy="gone") is None, m.text
+    assert m.need("tcpfault_connections_active", proxy="p") == 0
+    assert m.need("tcpfault_rule_active", proxy="p", rule="rst") == 1
+
+    api.ok_json("DELETE", "/api/proxies/p/rules/rst")
+    m = api.scrape()
+    assert m.value("tcpfault_rule_active", proxy="p", rule="rst") is None, m.text
+    assert m.need("tcpfault_faults_total", proxy="p", rule="rst", fault="reset") == 1
+
+    # 1,100 uniquely named rules added and deleted: the oldest counts are pushed out.
+    for i in range(1100):
+        api.ok_json("POST", "/api/proxies/p/rules",
+                    {"name": f"t{i}", "fault": {"type": "close"}}, status=201)
+        api.ok_json("DELETE", f"/api/proxies/p/rules/t{i}")
+    m = api.scrape()
+    rule_series = [labels for labels, _ in m.samples("tcpfault_faults_total")
+                   if labels.get("proxy") == "p" and labels.get("rule") != "@api"]
+    assert len(rule_series) == 1000, len(rule_series)
+    assert m.value("tcpfault_faults_total", proxy="p", rule="rst", fault="reset") is None
+    assert m.need("tcpfault_faults_total", proxy="p", rule="t1099", fault="close") == 0
+    assert not [l for l, _ in m.samples("tcpfault_rule_active") if l.get("proxy") == "p"]
