@@ -241,6 +241,7 @@ struct Action {
 
 template <class Model>
 struct Driver {
+    explicit Driver(Model& model) : m(model) {}
     Model& m;
     uint64_t fwd[2] = {0, 0};
     std::string held[2];
