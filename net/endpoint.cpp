@@ -77,7 +77,7 @@ void Endpoint::read_now() {
     uv_buf_t buf;
     on_alloc(reinterpret_cast<uv_handle_t*>(&tcp_), 0, &buf);
     ssize_t n = ::read(fd(), buf.base, buf.len);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
         loop_buffer_pool().give(Chunk(buf.base));
         return;
     }
