@@ -9,6 +9,7 @@ unresolvable upstream (lookups blocked in the resolver) is covered in test_freez
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
@@ -125,8 +126,13 @@ def cap_hold(tcpfault, servers):
     p, api = proxy(tcpfault, servers.echo().addr, [
         "{name: one, fault: {type: cap, max: 1, over: hold}}"])
     cs = [connect(p.addr("main")) for _ in range(4)]
-    cs[0].sendall(b"x")
-    recv_exact(cs[0], 1)
+    # Which one is admitted is the order the proxy accepted them in, which with two loops need
+    # not be the order they connected in: each asks, only the admitted one is answered.
+    for c in cs:
+        c.sendall(b"x")
+    ready, _, _ = select.select(cs, [], [], 10)
+    assert len(ready) == 1, f"{len(ready)} of 4 clients answered, expected the admitted one"
+    recv_exact(ready[0], 1)
     wait_until(lambda: api.scrape().value("tcpfault_connections_active", proxy="main") == 4,
                5, "4 sessions (1 admitted, 3 held)")
     return p, cs
