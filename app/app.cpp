@@ -196,6 +196,9 @@ std::string App::apply(const config::Config& cfg) {
             s->stop_accepting();
             retiring_.push_back(std::move(s));
         }
+        // The fresh instances declared their rules' series, retiring those of the running
+        // config they lack: the running config's come back.
+        for (auto& s : servers_) s->set_metrics(&metrics_);
         schedule_reap();
         return error;
     }

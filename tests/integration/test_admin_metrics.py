@@ -317,3 +317,40 @@ def test_deleted_rules_and_proxies_leave_their_gauges_and_bounded_counters(tcpfa
     assert m.value("tcpfault_faults_total", proxy="p", rule="rst", fault="reset") is None
     assert m.need("tcpfault_faults_total", proxy="p", rule="t1099", fault="close") == 0
     assert not [l for l, _ in m.samples("tcpfault_rule_active") if l.get("proxy") == "p"]
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_reload_keeps_the_running_rules_series(tcpfault, servers):
+    """A reload that moves a proxy to a port in use fails and keeps the running config: the
+    rule it would have dropped keeps its tcpfault_rule_active series, and is still known as a
+    rule of the running config when it is deleted later."""
+    echo = servers.echo()
+    p, api = start_with_admin(tcpfault, [
+        {"name": "p", "upstream": echo.addr,
+         "rules": ["{name: keep, fault: {type: latency, delay: 1ms}}",
+                   "{name: dropme, fault: {type: close}}"]}])
+    assert api.scrape().need("tcpfault_rule_active", proxy="p", rule="dropme") == 1
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        text = p.config_path.read_text()
+        moved = text.replace("    listen: 127.0.0.1:0",  # the proxy's, not admin's
+                             f"    listen: 127.0.0.1:{busy.getsockname()[1]}")
+        moved = moved.replace("      - {name: dropme, fault: {type: close}}\n", "")
+        assert moved != text and "dropme" not in moved
+        tcpfault.write_config(moved, name=p.config_path.name)
+        mark = p.mark()
+        assert api.post("/api/reload").status != 200
+        rec = p.wait_for_log("reload failed", since=mark)[0]
+        assert "cannot listen" in rec["error"], rec
+        m = api.scrape()
+        assert m.need("tcpfault_rule_active", proxy="p", rule="dropme") == 1, m.text
+        assert m.need("tcpfault_rule_active", proxy="p", rule="keep") == 1
+        assert [r["name"] for r in api.proxy("p")["rules"]] == ["keep", "dropme"]
+        # And it is still known as live: deleting it now removes its gauge.
+        api.ok_json("DELETE", "/api/proxies/p/rules/dropme")
+        m = api.scrape()
+        assert m.value("tcpfault_rule_active", proxy="p", rule="dropme") is None, m.text
+    finally:
+        busy.close()
