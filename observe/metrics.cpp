@@ -80,7 +80,7 @@ void Metrics::declare_rules(const std::string& proxy, const std::vector<RuleLabe
         faults_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}});
         suppressed_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}});
         rule_active_.Add({{"proxy", proxy}, {"rule", rule}});
-        std::erase(retired_rules_, k);  // back: its series go on
+        if (retired_rules_.erase(k) != 0) std::erase(retired_order_, k);  // back: series go on
         live_rules_.insert(k);
         now.insert(std::move(k));
     }
@@ -102,13 +102,15 @@ void Metrics::retire(const RuleKey& k, const std::set<RuleKey>& live_now) {
     auto same_name = live_now.lower_bound(RuleKey{k.proxy, k.rule, {}});
     if (same_name == live_now.end() || same_name->rule != k.rule)
         rule_active_.Remove(&rule_active_.Add({{"proxy", k.proxy}, {"rule", k.rule}}));
-    retired_rules_.push_back(k);
-    while (retired_rules_.size() > kMaxRetiredRules) {
-        const RuleKey& old = retired_rules_.front();
+    if (!retired_rules_.insert(k).second) return;
+    retired_order_.push_back(k);
+    while (retired_order_.size() > kMaxRetiredRules) {
+        const RuleKey& old = retired_order_.front();
         prometheus::Labels labels{{"proxy", old.proxy}, {"rule", old.rule}, {"fault", old.fault}};
         faults_.Remove(&faults_.Add(labels));
         suppressed_.Remove(&suppressed_.Add(labels));
-        retired_rules_.pop_front();
+        retired_rules_.erase(old);
+        retired_order_.pop_front();
     }
 }
 

@@ -82,7 +82,8 @@ class Metrics {
     prometheus::Family<prometheus::Histogram>& duration_;
     prometheus::Family<prometheus::Counter>& reloads_;
     std::set<RuleKey> live_rules_;
-    std::deque<RuleKey> retired_rules_;  // oldest first, at most kMaxRetiredRules
+    std::set<RuleKey> retired_rules_;    // kept series of rules that went
+    std::deque<RuleKey> retired_order_;  // the same, oldest first: at most kMaxRetiredRules
 };
 
 }  // namespace tcpfault
