@@ -23,7 +23,7 @@ constexpr uint64_t kLingerUs = 2'000'000;
 constexpr uint64_t kLingerMaxUs = 30'000'000;
 // Polls of the kernel's queues back off from 1 ms to this.
 constexpr uint32_t kMaxPollMs = 50;
-// Only a socket's first reads look for a FIN right behind them (fin_behind): that is where a
+// Only a socket's first reads look for a FIN right behind them (end_behind): that is where a
 // short exchange ends, and a long stream would pay a system call per read for its one FIN.
 constexpr uint8_t kFinPeekReads = 4;
 
@@ -99,6 +99,8 @@ void Endpoint::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     // Own the buffer before any branch so every path returns it to the pool.
     Chunk chunk(buf->base);
     auto* self = static_cast<Endpoint*>(s->data);
+    // No buffer: libuv's own EOF after a short read and a hang-up, which a RST also causes.
+    if (nread == UV_EOF && buf->base == nullptr) nread = self->eof_or_reset();
     if (nread < 0) self->reading_ = false;  // libuv stops reading on EOF and errors
     if (self->state_ == State::ending) {
         if (chunk) loop_buffer_pool().give(std::move(chunk));
@@ -109,18 +111,24 @@ void Endpoint::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
         if (nread > 0) {
             // A FIN right behind the bytes is taken now rather than on the next turn of the
             // loop, so the pipe can pass both on together. The kernel answers read() with 0
-            // from here on, and libuv would stop reading on it anyway.
-            bool fin = self->fin_behind(static_cast<size_t>(nread), buf->len);
-            if (fin) {
+            // from here on, and libuv would stop reading on it anyway. A RST right behind them
+            // is reported after them here: the peek took the error the next read would return.
+            ssize_t end = self->end_behind(static_cast<size_t>(nread), buf->len);
+            bool fin = end == UV_EOF;
+            if (end != 0) {
                 uv_read_stop(s);
                 self->reading_ = false;
-                self->peer_fin_ = true;
+                self->peer_fin_ = fin;
             }
             self->events_.on_data(*self, chunk, static_cast<size_t>(nread), fin);
-            if (fin && self->state_ == State::open)
-                self->events_.on_eof(*self);
-            else if (fin && self->state_ == State::ending)
-                self->advance();  // ended meanwhile: the FIN counts as read_while_ending's would
+            if (end != 0 && self->state_ == State::open) {
+                if (fin)
+                    self->events_.on_eof(*self);
+                else
+                    self->events_.on_read_error(*self, static_cast<int>(end));
+            } else if (end != 0 && self->state_ == State::ending) {
+                self->read_while_ending(end);  // ended meanwhile: as if read there
+            }
         } else if (nread == UV_EOF) {
             self->peer_fin_ = true;
             self->events_.on_eof(*self);
@@ -131,14 +139,24 @@ void Endpoint::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     if (chunk) loop_buffer_pool().give(std::move(chunk));
 }
 
-bool Endpoint::fin_behind(size_t nread, size_t asked) {
-    if (reads_peeked_ == kFinPeekReads) return false;
+ssize_t Endpoint::end_behind(size_t nread, size_t asked) {
+    if (reads_peeked_ == kFinPeekReads) return 0;
     ++reads_peeked_;
     // A full read says nothing about what follows; a short one emptied the socket, and a peek
-    // tells a FIN (0) from nothing yet (EAGAIN) or more bytes.
-    if (nread >= asked) return false;
+    // tells a FIN (0) or a RST (an error) from nothing yet (EAGAIN) or more bytes.
+    if (nread >= asked) return 0;
     char c;
-    return ::recv(fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+    ssize_t n = ::recv(fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) return UV_EOF;
+    if (n > 0 || errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
+    return uv_translate_sys_error(errno);
+}
+
+ssize_t Endpoint::eof_or_reset() const {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd(), SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) return UV_EOF;
+    return uv_translate_sys_error(err);
 }
 
 int Endpoint::write(const char* p, size_t len, Chunk* owner, Push push) {

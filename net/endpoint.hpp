@@ -122,9 +122,13 @@ class Endpoint final : private Deadlines::Client {
     int send_fin();
     static void on_close(uv_handle_t* h);
 
-    // Whether the peer's FIN is the next thing to read, after one of the socket's first reads
-    // came back short (a peek).
-    bool fin_behind(size_t nread, size_t asked);
+    // What is next to read after one of the socket's first reads came back short (a peek):
+    // UV_EOF for the peer's FIN, a libuv error for its RST (the peek took the socket's error,
+    // so only this call can report it), 0 for nothing, more bytes, or not looked.
+    ssize_t end_behind(size_t nread, size_t asked);
+    // What an EOF that libuv made up stands for. libuv reports a hang-up seen right after a
+    // short read as EOF without reading again, and a RST behind the bytes hangs up too.
+    ssize_t eof_or_reset() const;
     void read_while_ending(ssize_t nread);
     void fin_handed_over();
     // One step of an ending: finishes it when it can, else polls (bounded).
@@ -149,7 +153,7 @@ class Endpoint final : private Deadlines::Client {
     bool fin_requested_ = false;
     bool fin_sent_ = false;
     bool corked_ = false;       // a with_fin write waits in the kernel for the FIN
-    uint8_t reads_peeked_ = 0;  // see fin_behind()
+    uint8_t reads_peeked_ = 0;  // see end_behind()
     // Bounds inside an ending (µs of uv_hrtime).
     uint64_t progress_deadline_us_ = 0;  // no progress by then: reset
     uint64_t linger_deadline_us_ = 0;    // fin: the peer's FIN by then, else close

@@ -90,6 +90,48 @@ def test_server_reset_after_data_client_gets_reset(tcpfault, servers, sockets):
     proxy.wait_fds_at_most(fds_idle)
 
 
+# Enough rounds that the proxy reads the bytes and the RST in one go in many of them (the RST
+# leaves the sender within microseconds of the bytes).
+RST_BEHIND_ROUNDS = 20
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("who_resets", ["server", "client"])
+@pytest.mark.parametrize("when", ["first-read", "after-6-exchanges"])
+def test_reset_right_behind_bytes_is_passed_on_as_reset(tcpfault, servers, sockets, who_resets,
+                                                         when):
+    """A peer that sends its last bytes and aborts at once (a server that answers and closes
+    with unread input, a client that gives up): the other peer reads exactly those bytes, then
+    ECONNRESET, never EOF. The bytes and the RST often reach the proxy together; read after a
+    short read, the RST is only a hang-up (libuv reports it as EOF) or the error of the peek
+    that looks for a FIN. "first-read" is that peek's case; after 6 exchanges it no longer
+    looks, and the hang-up is told apart by the socket's error."""
+    srv = servers.tcp()
+    proxy = tcpfault.quick(srv.addr)
+    fds_idle = proxy.fd_count()
+    last = b"last words before the reset " * 40  # 1,120 bytes
+    for i in range(RST_BEHIND_ROUNDS):
+        c = connect(proxy.addr())
+        s = srv.wait_accepted(i + 1, timeout=5)
+        sender, receiver = (s, c) if who_resets == "server" else (c, s)
+        sockets.append(receiver)
+        if when == "after-6-exchanges":
+            for _ in range(6):
+                _ping_pong(c, s)
+        # Without NODELAY, Nagle would hold the bytes behind the unacknowledged last pong and
+        # the abortive close would discard them, proxy or not.
+        sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sender.sendall(last)
+        reset_close(sender)
+        outcome, data, took = read_outcome(receiver, timeout=5)
+        assert (outcome, len(data)) == ("reset", len(last)), (
+            f"round {i}: the {'client' if who_resets == 'server' else 'server'} read"
+            f" {len(data)} of {len(last)} bytes, then {outcome} after {took:.2f}s")
+        assert data == last
+        receiver.close()
+    proxy.wait_fds_at_most(fds_idle)
+
+
 class Streamer(threading.Thread):
     """Sends on a socket until a send fails; records the error and when it happened."""
 

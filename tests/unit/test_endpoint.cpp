@@ -382,7 +382,56 @@ void peer_send_with_fin(int peer, const char* bytes) {
     REQUIRE(send(peer, bytes, strlen(bytes), MSG_NOSIGNAL) == static_cast<ssize_t>(strlen(bytes)));
     REQUIRE(shutdown(peer, SHUT_WR) == 0);
 }
+
+// The peer's bytes, then its RST at once (an abortive close); both are in our socket when
+// this returns (loopback delivers during the calls).
+void peer_send_then_reset(int& peer, const char* bytes) {
+    int one = 1;
+    REQUIRE(setsockopt(peer, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0);
+    REQUIRE(send(peer, bytes, strlen(bytes), MSG_NOSIGNAL) == static_cast<ssize_t>(strlen(bytes)));
+    linger lg{1, 0};
+    REQUIRE(setsockopt(peer, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
+    close(peer);
+    peer = -1;
+}
 }  // namespace
+
+TEST_CASE("endpoint: a RST right behind the bytes is reported after them, never as EOF") {
+    // Read together, the bytes come back short and the RST is only a hang-up: the peek of an
+    // early read takes its error, and libuv reports the hang-up as EOF without reading again.
+    SUBCASE("an early read: the FIN peek finds the RST") {
+        Pair p;
+        peer_send_then_reset(p.peer, "last words");
+        REQUIRE(p.run_until([&] { return p.rec.read_error != 0 || p.rec.eof; }));
+        CHECK(p.rec.data == "last words");
+        CHECK(p.rec.read_error == UV_ECONNRESET);
+        CHECK_FALSE(p.rec.eof);
+        CHECK(p.rec.fin_follows == 0);
+        CHECK_FALSE(p.ep.peer_fin());
+        CHECK_FALSE(p.ep.reading());
+    }
+    SUBCASE("a later read, not peeked: the hang-up is told apart by the socket's error") {
+        Pair p;
+        int one = 1;
+        REQUIRE(setsockopt(p.peer, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0);
+        for (size_t i = 1; i <= 6; ++i) {  // more than the reads that are peeked
+            REQUIRE(send(p.peer, "x", 1, MSG_NOSIGNAL) == 1);
+            REQUIRE(p.run_until([&] { return p.rec.data.size() == i; }));
+        }
+        peer_send_then_reset(p.peer, "last words");
+        REQUIRE(p.run_until([&] { return p.rec.read_error != 0 || p.rec.eof; }));
+        CHECK(p.rec.data == "xxxxxxlast words");
+        CHECK(p.rec.read_error == UV_ECONNRESET);
+        CHECK_FALSE(p.rec.eof);
+    }
+    SUBCASE("while ending: the RST closes the socket at once") {
+        Pair p;
+        REQUIRE(p.ep.end(Ending::fin));  // waits for the peer's FIN (linger)
+        peer_send_then_reset(p.peer, "late");
+        REQUIRE(p.run_until([&] { return p.closed(); }, 1.0));  // not the 2 s linger
+        CHECK(p.rec.discarded == 4);
+    }
+}
 
 TEST_CASE("endpoint: a FIN right behind the bytes is reported with them, then on_eof once") {
     Pair p;
