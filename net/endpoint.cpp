@@ -55,6 +55,7 @@ void Endpoint::recycle() {
     kind_ = Ending::none;
     reading_ = peer_fin_ = fin_requested_ = fin_sent_ = false;
     queued_ = 0;
+    reset_taken_ = 0;
 }
 
 int Endpoint::fd() const {
@@ -100,7 +101,7 @@ void Endpoint::on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     Chunk chunk(buf->base);
     auto* self = static_cast<Endpoint*>(s->data);
     // No buffer: libuv's own EOF after a short read and a hang-up, which a RST also causes.
-    if (nread == UV_EOF && buf->base == nullptr) nread = self->eof_or_reset();
+    if (nread == UV_EOF) nread = self->eof_kind(buf->base == nullptr);
     if (nread < 0) self->reading_ = false;  // libuv stops reading on EOF and errors
     if (self->state_ == State::ending) {
         if (chunk) loop_buffer_pool().give(std::move(chunk));
@@ -147,9 +148,15 @@ ssize_t Endpoint::end_behind(size_t nread, size_t asked) {
     if (nread >= asked) return 0;
     char c;
     ssize_t n = ::recv(fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0) return UV_EOF;
+    if (n == 0) return eof_kind(false);
     if (n > 0 || errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
     return uv_translate_sys_error(errno);
+}
+
+ssize_t Endpoint::eof_kind(bool made_up) const {
+    if (reset_taken_ != 0) return reset_taken_;
+    if (made_up) return eof_or_reset();
+    return UV_EOF;
 }
 
 ssize_t Endpoint::eof_or_reset() const {

@@ -83,6 +83,10 @@ class Endpoint final : private Deadlines::Client {
     // has most likely something already (a client that sent its request while the upstream
     // connection was being made). Reports as any read does; nothing there costs one read(2).
     void read_now();
+    // The peer reset the connection before anything was read from it, and the error was taken
+    // (libuv's connect check reads it): the EOF this socket reads after the bytes still in it
+    // is reported as `err`, as a read error.
+    void reset_taken(int err) { reset_taken_ = err; }
     // Caps the size of each read (clamp's read_size); 0 restores the default.
     void set_max_read(size_t n) { max_read_ = n; }
 
@@ -129,6 +133,8 @@ class Endpoint final : private Deadlines::Client {
     // What an EOF that libuv made up stands for. libuv reports a hang-up seen right after a
     // short read as EOF without reading again, and a RST behind the bytes hangs up too.
     ssize_t eof_or_reset() const;
+    // What an EOF read from the socket stands for (`made_up`: libuv's, see eof_or_reset()).
+    ssize_t eof_kind(bool made_up) const;
     void read_while_ending(ssize_t nread);
     void fin_handed_over();
     // One step of an ending: finishes it when it can, else polls (bounded).
@@ -154,6 +160,7 @@ class Endpoint final : private Deadlines::Client {
     bool fin_sent_ = false;
     bool corked_ = false;       // a with_fin write waits in the kernel for the FIN
     uint8_t reads_peeked_ = 0;  // see end_behind()
+    int reset_taken_ = 0;       // see reset_taken()
     // Bounds inside an ending (µs of uv_hrtime).
     uint64_t progress_deadline_us_ = 0;  // no progress by then: reset
     uint64_t linger_deadline_us_ = 0;    // fin: the peer's FIN by then, else close

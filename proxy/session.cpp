@@ -312,6 +312,15 @@ void Session::on_connect(uv_connect_t* req, int status) {
     auto* self = static_cast<Session*>(req->data);
     self->connecting_ = false;
     if (status == UV_ECANCELED || self->ending_) return;
+    if (status == UV_ECONNRESET || status == UV_EPIPE) {
+        // Made, then reset by the server before this turn of the loop; libuv's check took the
+        // error. A direct client would have connected, read what the server sent, then its
+        // RST: so does this one. EPIPE: the RST came after the server's FIN, which a direct
+        // client reads first (EOF; its next write fails): the socket reads the same.
+        self->trace("server reset before the connection was seen made");
+        self->on_connected(status == UV_ECONNRESET ? UV_ECONNRESET : 0);
+        return;
+    }
     if (status != 0) {
         if (self->next_addr_ < self->addrs_.size()) {
             // Try the next address once this socket's handle is closed (see on_closed).
@@ -325,8 +334,9 @@ void Session::on_connect(uv_connect_t* req, int status) {
     self->on_connected();
 }
 
-void Session::on_connected() {
+void Session::on_connected(int reset_taken) {
     connected_ = true;
+    if (reset_taken != 0) outgoing_->reset_taken(reset_taken);
     connect_deadline_us_ = 0;
     std::vector<sockaddr_storage>().swap(addrs_);  // only needed to connect: 144 bytes less
     rearm();
@@ -336,6 +346,11 @@ void Session::on_connected() {
     if (ending_) return;
     up_.start();
     down_.start();
+    if (reset_taken != 0) {
+        // The server's bytes go first, then its RST (which ends the session), before the
+        // client's bytes meet a socket that is gone. Bounded by what the kernel kept.
+        for (int i = 0; i < 64 && !ending_ && outgoing_->reading(); ++i) outgoing_->read_now();
+    }
     // The side that connected to us most likely sent its request while this connection was
     // made: it moves now, not a turn of the loop (an epoll_wait) later.
     if (!ending_) accepted_->read_now();

@@ -216,7 +216,8 @@ class Session final : public FtpControl::Host,
     // Connecting.
     void resolve();
     void connect_next();
-    void on_connected();
+    // reset_taken: the server's RST came before the connection was seen made (its error).
+    void on_connected(int reset_taken = 0);
     void upstream_failed(const char* kind, int err);
     void on_resolved(const Resolver::Result& r);
     static void on_connect(uv_connect_t* req, int status);

@@ -1,12 +1,16 @@
 """RST passes through as RST; an unreachable or silent upstream is answered as configured."""
 
 import errno
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+from admin_helpers import start_with_admin
 from helpers import (
     LOOPBACK,
     MiB,
@@ -130,6 +134,84 @@ def test_reset_right_behind_bytes_is_passed_on_as_reset(tcpfault, servers, socke
         assert data == last
         receiver.close()
     proxy.wait_fds_at_most(fds_idle)
+
+
+# A server in a process of its own: accepts, sends BANNER (hex, may be empty), its FIN if
+# asked, then resets.
+_RESET_AT_ACCEPT_SERVER = r"""
+import os, socket, struct, sys
+os.sched_setaffinity(0, {0})
+banner = bytes.fromhex(sys.argv[1])
+fin_first = sys.argv[2] == "fin"
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(64)
+print(ls.getsockname()[1], flush=True)
+while True:
+    s, _ = ls.accept()
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if banner:
+        s.sendall(banner)
+    if fin_first:
+        s.shutdown(socket.SHUT_WR)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+"""
+
+
+def _lowest_priority_on_cpu0(pid: int) -> None:
+    """Every thread of pid runs on CPU 0 only, and only when nothing else there wants to."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {0})
+        os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to order the race")
+@pytest.mark.parametrize("banner,fin,expected", [
+    (b"421 too busy, bye\r\n", False, "reset"),
+    (b"", False, "reset"),
+    (b"421 too busy, bye\r\n", True, "eof"),
+], ids=["banner-rst", "rst", "banner-fin-rst"])
+def test_server_that_resets_at_accept(tcpfault, sockets, banner, fin, expected):
+    """A server that answers (or not) and resets as soon as it accepts, as an overloaded one
+    does. Direct, a client connects, reads the banner, then ECONNRESET (EOF when the server's
+    FIN came before its RST); through the proxy the same, also when the RST reaches the proxy
+    before it has seen its connection made: its connect then reports ECONNRESET (EPIPE after
+    a FIN), for a connection that was made and reset, not a failed one (no upstream error
+    either). To make the RST win that race every time, the proxy runs on CPU 0 at the lowest
+    priority, next to the server: the server, woken by the handshake the proxy's connect()
+    completes, runs first."""
+    srv = subprocess.Popen([sys.executable, "-c", _RESET_AT_ACCEPT_SERVER, banner.hex(),
+                            "fin" if fin else "rst"], stdout=subprocess.PIPE)
+    try:
+        port = int(srv.stdout.readline())
+        direct = connect((LOOPBACK, port))
+        sockets.append(direct)
+        outcome, data, _ = read_outcome(direct, timeout=5)
+        assert (outcome, data) == (expected, banner), f"direct: {data!r}, then {outcome}"
+        p, api = start_with_admin(tcpfault, [{"name": "main", "upstream": f"127.0.0.1:{port}"}],
+                                  level="debug")
+        _lowest_priority_on_cpu0(p.proc.pid)
+        os.sched_setaffinity(0, {1})  # this thread, the client, stays out of the way
+        try:
+            for i in range(RST_BEHIND_ROUNDS):
+                c = connect(p.addr("main"))
+                sockets.append(c)
+                outcome, data, took = read_outcome(c, timeout=5)
+                assert (outcome, data) == (expected, banner), (
+                    f"round {i}: the client read {data!r}, then {outcome} after {took:.2f}s")
+        finally:
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        early = len(p.find_logs("server reset before the connection was seen made"))
+        assert early > 0, "no RST beat the connect callback: the test did not test that path"
+        print(f"{early} of {RST_BEHIND_ROUNDS} resets reached the proxy before its connect callback")
+        m = api.scrape()
+        for err in ("reset", "other"):
+            assert m.value("tcpfault_upstream_errors_total", proxy="main", error=err) == 0
+    finally:
+        srv.kill()
+        srv.wait()
 
 
 class Streamer(threading.Thread):

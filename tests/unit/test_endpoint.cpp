@@ -424,6 +424,21 @@ TEST_CASE("endpoint: a RST right behind the bytes is reported after them, never 
         CHECK(p.rec.read_error == UV_ECONNRESET);
         CHECK_FALSE(p.rec.eof);
     }
+    SUBCASE("an error taken before reading (libuv's connect check): the EOF is the RST") {
+        Pair p;
+        p.ep.stop_reading();
+        peer_send_then_reset(p.peer, "banner");
+        int err = 0;
+        socklen_t len = sizeof err;
+        REQUIRE(getsockopt(p.ep.fd(), SOL_SOCKET, SO_ERROR, &err, &len) == 0);
+        REQUIRE(err == ECONNRESET);  // taken: from here on the kernel reads the bytes, then 0
+        p.ep.reset_taken(UV_ECONNRESET);
+        p.ep.start_reading();
+        REQUIRE(p.run_until([&] { return p.rec.read_error != 0 || p.rec.eof; }));
+        CHECK(p.rec.data == "banner");
+        CHECK(p.rec.read_error == UV_ECONNRESET);
+        CHECK_FALSE(p.rec.eof);
+    }
     SUBCASE("while ending: the RST closes the socket at once") {
         Pair p;
         REQUIRE(p.ep.end(Ending::fin));  // waits for the peer's FIN (linger)
