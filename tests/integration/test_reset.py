@@ -214,6 +214,43 @@ def test_server_that_resets_at_accept(tcpfault, sockets, banner, fin, expected):
         srv.wait()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to order the race")
+def test_client_that_resets_before_it_is_accepted(tcpfault, servers, sockets):
+    """A client that sends its request and gives up (RST) before the proxy has even accepted
+    it: the server reads the request, then ECONNRESET, as it would directly (checked first).
+    The proxy runs on CPU 0 at the lowest priority and the client sends and resets from CPU 0,
+    so the proxy accepts only after the RST has arrived."""
+    srv = servers.tcp()
+    request = b"GET / HTTP/1.0\r\n\r\n"
+
+    def send_and_reset(addr):
+        os.sched_setaffinity(0, {0})
+        try:
+            c = connect(addr)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.sendall(request)
+            reset_close(c)
+        finally:
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+    direct = srv.addr.rsplit(":", 1)
+    send_and_reset((direct[0], int(direct[1])))
+    s = srv.wait_accepted(1, timeout=5)
+    sockets.append(s)
+    outcome, data, _ = read_outcome(s, timeout=5)
+    assert (outcome, data) == ("reset", request), f"direct: {data!r}, then {outcome}"
+    p, _ = start_with_admin(tcpfault, [{"name": "main", "upstream": srv.addr}])
+    _lowest_priority_on_cpu0(p.proc.pid)
+    for i in range(RST_BEHIND_ROUNDS):
+        send_and_reset(p.addr("main"))
+        s = srv.wait_accepted(i + 2, timeout=5)
+        sockets.append(s)
+        outcome, data, took = read_outcome(s, timeout=5)
+        assert (outcome, data) == ("reset", request), (
+            f"round {i}: the server read {data!r}, then {outcome} after {took:.2f}s")
+
+
 class Streamer(threading.Thread):
     """Sends on a socket until a send fails; records the error and when it happened."""
 
