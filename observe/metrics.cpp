@@ -64,6 +64,7 @@ Metrics::Metrics()
 }
 
 void Metrics::declare_proxy(const std::string& proxy) {
+    unretire_proxy(proxy);  // back: its series go on
     connections_.Add({{"proxy", proxy}});
     active_.Add({{"proxy", proxy}});
     for (const char* r : kRejectReasons) rejected_.Add({{"proxy", proxy}, {"reason", r}});
@@ -94,6 +95,38 @@ void Metrics::declare_rules(const std::string& proxy, const std::vector<RuleLabe
 void Metrics::retire_proxy(const std::string& proxy) {
     declare_rules(proxy, {});
     active_.Remove(&active_.Add({{"proxy", proxy}}));
+    unretire_proxy(proxy);
+    retired_proxies_.push_back(proxy);
+    trim_retired_proxies();
+}
+
+void Metrics::unretire_proxy(const std::string& proxy) {
+    std::erase(retired_proxies_, proxy);
+}
+
+void Metrics::trim_retired_proxies() {
+    for (auto it = retired_proxies_.begin();
+         retired_proxies_.size() > kMaxRetiredProxies && it != retired_proxies_.end();) {
+        const std::string& p = *it;
+        if (series_users_.count(p) != 0) {  // a server still counts into them (draining)
+            ++it;
+            continue;
+        }
+        connections_.Remove(&connections_.Add({{"proxy", p}}));
+        for (const char* r : kRejectReasons)
+            rejected_.Remove(&rejected_.Add({{"proxy", p}, {"reason", r}}));
+        for (const char* e : kUpstreamErrors)
+            upstream_errors_.Remove(&upstream_errors_.Add({{"proxy", p}, {"error", e}}));
+        for (const char* d : {"upstream", "downstream"})
+            bytes_.Remove(&bytes_.Add({{"proxy", p}, {"direction", d}}));
+        duration_.Remove(&duration_.Add({{"proxy", p}}, kDurationBuckets));
+        if (auto f = proxy_faults_.find(p); f != proxy_faults_.end()) {
+            for (const auto& [rule, fault] : f->second)
+                faults_.Remove(&faults_.Add({{"proxy", p}, {"rule", rule}, {"fault", fault}}));
+            proxy_faults_.erase(f);
+        }
+        it = retired_proxies_.erase(it);
+    }
 }
 
 void Metrics::retire(const RuleKey& k, const std::set<RuleKey>& live_now) {
@@ -116,13 +149,21 @@ void Metrics::retire(const RuleKey& k, const std::set<RuleKey>& live_now) {
 
 void Metrics::declare_fault(const std::string& proxy, const std::string& rule, const char* fault) {
     faults_.Add({{"proxy", proxy}, {"rule", rule}, {"fault", fault}});
+    proxy_faults_[proxy].emplace(rule, fault);
 }
 
 Metrics::ProxySeries Metrics::proxy_series(const std::string& proxy) {
-    // These two series are never removed (retire_proxy leaves them), so the references stay
-    // valid for the process's life.
+    // Not removed while counted here, so the pointers stay valid until released.
+    ++series_users_[proxy];
     return ProxySeries{&connections_.Add({{"proxy", proxy}}),
                        &duration_.Add({{"proxy", proxy}}, kDurationBuckets)};
+}
+
+void Metrics::release_proxy_series(const std::string& proxy) {
+    auto it = series_users_.find(proxy);
+    if (it == series_users_.end()) return;
+    if (--it->second == 0) series_users_.erase(it);
+    trim_retired_proxies();
 }
 
 void Metrics::rejected(const std::string& proxy, const char* reason) {

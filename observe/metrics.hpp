@@ -10,6 +10,7 @@
 #include <prometheus/registry.h>
 
 #include <deque>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -33,10 +34,15 @@ class Metrics {
     using RuleLabels = std::pair<std::string, const char*>;
     void declare_rules(const std::string& proxy, const std::vector<RuleLabels>& rules);
     // The proxy is gone (deleted, or no longer in the config): its rules are retired and its
-    // tcpfault_connections_active series goes. Its counters stay (their series are cached).
+    // tcpfault_connections_active series goes. Its counters stay, so a scrape after the
+    // deletion still sees its last counts, until kMaxRetiredProxies proxies that went later
+    // push them out, oldest first, once no server holds them (release_proxy_series). A proxy
+    // declared again under the same name continues its series.
     void retire_proxy(const std::string& proxy);
     static constexpr size_t kMaxRetiredRules = 1000;
-    // One tcpfault_faults_total series without a rule behind it (the admin API's label).
+    static constexpr size_t kMaxRetiredProxies = 100;
+    // One tcpfault_faults_total series without a rule behind it (the admin API's label); it
+    // goes with the proxy's other series.
     void declare_fault(const std::string& proxy, const std::string& rule, const char* fault);
 
     // A proxy's per-connection series, looked up once: Family::Add builds a label map,
@@ -45,7 +51,10 @@ class Metrics {
         prometheus::Counter* connections = nullptr;
         prometheus::Histogram* duration = nullptr;
     };
+    // Counted: each call is matched by one release_proxy_series() when the server holding the
+    // pointers (and its replicas) is gone; only then can the series be removed.
     ProxySeries proxy_series(const std::string& proxy);
+    void release_proxy_series(const std::string& proxy);
     void rejected(const std::string& proxy, const char* reason);
     void upstream_error(const std::string& proxy, const std::string& kind);
     void fault(const std::string& proxy, const std::string& rule, const char* fault);
@@ -69,6 +78,9 @@ class Metrics {
         auto operator<=>(const RuleKey&) const = default;
     };
     void retire(const RuleKey& k, const std::set<RuleKey>& live_now);
+    // Removes the series of the oldest retired proxies no server holds, down to the bound.
+    void trim_retired_proxies();
+    void unretire_proxy(const std::string& proxy);
 
     std::shared_ptr<prometheus::Registry> registry_;
     prometheus::Family<prometheus::Counter>& connections_;
@@ -84,6 +96,10 @@ class Metrics {
     std::set<RuleKey> live_rules_;
     std::set<RuleKey> retired_rules_;    // kept series of rules that went
     std::deque<RuleKey> retired_order_;  // the same, oldest first: at most kMaxRetiredRules
+    std::map<std::string, size_t> series_users_;  // proxy_series() calls not yet released
+    std::deque<std::string> retired_proxies_;     // kept series of proxies that went, oldest first
+    // declare_fault()'s (rule, fault) per proxy.
+    std::map<std::string, std::set<std::pair<std::string, std::string>>> proxy_faults_;
 };
 
 }  // namespace tcpfault

@@ -37,8 +37,13 @@ ProxyServer::~ProxyServer() {
         // A replica's handles and sessions belong to its loop: it is freed there.
         r.worker->queue().run_sync([&r] { r.server.reset(); });
     }
-    std::lock_guard<std::mutex> lock(shared_->mu);
-    std::erase(shared_->instances, this);
+    {
+        std::lock_guard<std::mutex> lock(shared_->mu);
+        std::erase(shared_->instances, this);
+    }
+    // The replicas, which share the series' pointers, are gone: the series may go too.
+    if (!replica_ && metrics_ != nullptr && series_.connections != nullptr)
+        metrics_->release_proxy_series(name());
 }
 
 void ProxyServer::become_replica_of(const ProxyServer& primary, Worker& worker) {
@@ -708,7 +713,7 @@ void ProxyServer::set_metrics(Metrics* m) {
     metrics_ = m;
     if (metrics_ == nullptr) return;
     metrics_->declare_proxy(name());
-    series_ = metrics_->proxy_series(name());
+    if (series_.connections == nullptr) series_ = metrics_->proxy_series(name());  // see ~
     std::vector<Metrics::RuleLabels> rules;
     for (const auto& r : cfg_->rules) rules.emplace_back(r.name, config::fault_name(r.fault));
     metrics_->declare_rules(name(), rules);

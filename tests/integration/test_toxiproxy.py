@@ -170,6 +170,46 @@ def test_toxiproxy_proxies_are_tcpfault_proxies(tcpfault, servers):
         connect(addr).close()
 
 
+def test_proxies_made_and_deleted_per_test_leave_metrics_bounded(tcpfault, servers):
+    """A test suite that makes a uniquely named proxy per test and deletes it after
+    (docs/metrics.md): each deleted proxy's counters stay for scrapes after the deletion, until
+    100 proxies deleted later push them out, oldest first; /metrics does not grow with every
+    test. A name made again continues its counts."""
+    echo = servers.echo()
+    p = tcpfault.from_config(toxiproxy_yaml(), listening=0)
+    admin = Admin(admin_port(p))
+    toxi = Admin(api_port(p))
+
+    def make_use_delete(name: str) -> None:
+        r = toxi.post("/proxies", {"name": name, "listen": "127.0.0.1:0",
+                                   "upstream": echo.addr})
+        assert r.status == 201, r
+        s = connect(parse_addr(r.json()["listen"]))
+        s.sendall(b"ping")
+        assert recv_exact(s, 4) == b"ping"
+        s.close()
+        admin.wait_metric("tcpfault_connections_active", 0, proxy=name)
+        assert toxi.delete(f"/proxies/{name}").status == 204
+
+    for i in range(120):
+        make_use_delete(f"test-{i}")
+    m = admin.scrape()
+    # A deleted proxy's servers go once idle, asynchronously: the newest may still be held,
+    # which keeps them, never more than the bound in all.
+    kept = {labels["proxy"] for labels, _ in m.samples("tcpfault_connections_total")}
+    assert len(kept) == 100, sorted(kept)
+    assert kept == {f"test-{i}" for i in range(20, 120)}
+    assert m.need("tcpfault_connections_total", proxy="test-119") == 1
+    assert m.need("tcpfault_connection_duration_seconds_count", proxy="test-119") == 1
+    assert m.value("tcpfault_bytes_total", proxy="test-0", direction="upstream") is None
+    assert len(m.samples("tcpfault_connections_rejected_total")) == 100 * 4
+    # The admin API's per-connection fault series (rule "@api") go with the proxy too.
+    assert {labels["proxy"] for labels, _ in m.samples("tcpfault_faults_total")} == kept
+    # Made again under a kept name: its counts go on.
+    make_use_delete("test-50")
+    assert admin.scrape().need("tcpfault_connections_total", proxy="test-50") == 2
+
+
 def test_error_bodies(tcpfault):
     p = tcpfault.from_config(toxiproxy_yaml(), listening=0)
     toxi = Admin(api_port(p))

@@ -92,3 +92,68 @@ TEST_CASE("metrics: a retired proxy loses its rules' gauges and its active gauge
     CHECK(has(text, faults("cut")));
     CHECK(has(text, "tcpfault_connections_total{proxy=\"web\"}"));
 }
+
+TEST_CASE("metrics: gone proxies' counters are bounded, oldest out first, never while held") {
+    Metrics m;
+    auto conns = [](const std::string& p) {
+        return "tcpfault_connections_total{proxy=\"" + p + "\"}";
+    };
+    const size_t kept = Metrics::kMaxRetiredProxies;
+    // The first to go, but a server still holds its series (draining connections).
+    m.declare_proxy("held");
+    Metrics::ProxySeries held = m.proxy_series("held");
+    m.retire_proxy("held");
+    const size_t n = kept + 50;
+    for (size_t i = 0; i < n; ++i) {
+        std::string p = "p" + std::to_string(i);
+        m.declare_proxy(p);
+        Metrics::ProxySeries s = m.proxy_series(p);
+        s.connections->Increment();
+        s.duration->Observe(0.5);
+        m.rejected(p, "cap");
+        m.declare_fault(p, "@api", "latency");
+        m.retire_proxy(p);
+        m.release_proxy_series(p);  // its server is gone
+    }
+    held.connections->Increment();  // still valid: never removed while held
+    // "held" and the newest kept - 1: p0 .. p50 are out.
+    std::string text = m.render();
+    CHECK(count(text, "tcpfault_connections_total{") == kept);
+    CHECK(count(text, "tcpfault_connection_duration_seconds_count{") == kept);
+    CHECK(count(text, "tcpfault_connections_rejected_total{") ==
+          kept * std::size(Metrics::kRejectReasons));
+    CHECK(count(text, "tcpfault_upstream_errors_total{") ==
+          kept * std::size(Metrics::kUpstreamErrors));
+    CHECK(count(text, "tcpfault_bytes_total{") == kept * 2);
+    CHECK(count(text, "tcpfault_faults_total{") == kept - 1);  // "held" declared none
+    CHECK(has(text, conns("held") + " 1"));
+    CHECK_FALSE(has(text, conns("p0")));
+    CHECK_FALSE(has(text, conns("p50")));
+    CHECK(has(text, conns("p51") + " 1"));
+    CHECK(has(text, conns("p" + std::to_string(n - 1)) + " 1"));
+
+    // Released, "held" is the oldest: the next proxy to go pushes it out.
+    m.release_proxy_series("held");
+    CHECK(has(m.render(), conns("held")));
+    m.declare_proxy("next");
+    m.retire_proxy("next");
+    text = m.render();
+    CHECK_FALSE(has(text, conns("held")));
+    CHECK(has(text, conns("p51")));
+    CHECK(count(text, "tcpfault_connections_total{") == kept);
+
+    // A proxy made again under a kept name continues its counts, and is no longer retired.
+    m.declare_proxy("p51");
+    Metrics::ProxySeries again = m.proxy_series("p51");
+    again.connections->Increment();
+    CHECK(has(m.render(), conns("p51") + " 2"));
+    for (size_t i = 0; i < kept; ++i) {
+        std::string p = "q" + std::to_string(i);
+        m.declare_proxy(p);
+        m.retire_proxy(p);
+    }
+    text = m.render();
+    CHECK(has(text, conns("p51") + " 2"));
+    CHECK(count(text, "tcpfault_connections_total{") == kept + 1);
+    m.release_proxy_series("p51");
+}
