@@ -271,6 +271,7 @@ std::string App::add_proxy(const config::Proxy& p, int* listen_error) {
     server->set_on_idle([this] { schedule_reap(); });
     int e = server->listen();
     if (e != 0) {
+        metrics_.retire_proxy(p.name);  // declared by set_metrics, never served
         server->stop_accepting();
         retiring_.push_back(std::move(server));
         schedule_reap();

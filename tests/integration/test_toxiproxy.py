@@ -191,6 +191,15 @@ def test_proxies_made_and_deleted_per_test_leave_metrics_bounded(tcpfault, serve
         admin.wait_metric("tcpfault_connections_active", 0, proxy=name)
         assert toxi.delete(f"/proxies/{name}").status == 204
 
+    # Proxies that could not be made (their port is taken) are gone as well, the oldest here.
+    with socket.socket() as squatter:
+        squatter.bind((LOOPBACK, 0))
+        squatter.listen(1)
+        for i in range(5):
+            r = toxi.post("/proxies", {"name": f"failed-{i}",
+                                       "listen": f"127.0.0.1:{squatter.getsockname()[1]}",
+                                       "upstream": echo.addr})
+            assert r.status == 500, r
     for i in range(120):
         make_use_delete(f"test-{i}")
     m = admin.scrape()
