@@ -486,8 +486,17 @@ ProxyServer::Admission ProxyServer::match_rules(Session& s, const sockaddr* clie
         }
         return Admission::admit;
     }
+    s.set_accepted_at(facts.since_start);  // a client a cap holds is matched on from there
+    return match_in_order(s, facts, 0, {});
+}
+
+ProxyServer::Admission ProxyServer::match_in_order(Session& s, const faults::ConnectionFacts& facts,
+                                                   size_t from,
+                                                   const std::vector<std::string>& passed) {
     bool program_given = false;
-    for (const auto& rule : cfg_->rules) {
+    for (size_t i = from; i < cfg_->rules.size(); ++i) {
+        const config::Rule& rule = cfg_->rules[i];
+        if (std::find(passed.begin(), passed.end(), rule.name) != passed.end()) continue;
         // The injection count (a lock and a lookup) matters only under `limit`.
         uint64_t n = rule.match.limit ? fired(rule.name) : 0;
         if (!faults::rule_matches(rule, facts, seed_, n)) continue;
@@ -556,6 +565,15 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
         }
         set_metrics(metrics_);  // declares series for new rules
         start_rule_clock();     // the new rules may include refuse/restart
+        // A cap that went, was switched off or now allows more admits those it holds.
+        for (const auto& was : old->rules) {
+            if (!std::holds_alternative<config::CapFault>(was.fault)) continue;
+            const config::Rule* now = current_rule(was.name);
+            const auto* cap = now != nullptr && now->enabled
+                                  ? std::get_if<config::CapFault>(&now->fault)
+                                  : nullptr;
+            admit_waiting(was.name, cap != nullptr ? cap->max : UINT64_MAX);
+        }
     }
     // Rules deleted, disabled or replaced leave open connections: their stages are lifted and
     // their pending triggers never fire.
@@ -613,26 +631,46 @@ void ProxyServer::release_slots(const std::vector<std::string>& rules) {
                 ++taken;
             }
         }
-        if (!next) continue;
-        if (next->server == this) {
-            admit_held(name, next->session);
-            continue;
-        }
-        std::weak_ptr<ProxyShared> weak = shared_;
-        next->queue->post([weak, held = *next, name] {
-            auto shared = weak.lock();
-            if (!shared) return;
-            bool live;
-            {
-                // Instances are freed on their own loop (this thread): still listed, still
-                // alive.
-                std::lock_guard<std::mutex> lock(shared->mu);
-                live = std::find(shared->instances.begin(), shared->instances.end(), held.server) !=
-                       shared->instances.end();
-            }
-            if (live) held.server->admit_held(name, held.session);
-        });
+        if (next) hand_slot(name, *next);
     }
+}
+
+void ProxyServer::admit_waiting(const std::string& name, uint64_t max) {
+    std::vector<ProxyShared::Held> admitted;
+    {
+        std::lock_guard<std::mutex> lock(shared_->mu);
+        auto it = shared_->cap_waiting.find(name);
+        if (it == shared_->cap_waiting.end()) return;
+        // Each takes a slot as if one had freed: it gives it back when it ends.
+        uint64_t& taken = shared_->cap_active[name];
+        while (!it->second.empty() && taken < max) {
+            admitted.push_back(it->second.front());
+            it->second.pop_front();
+            ++taken;
+        }
+        if (it->second.empty()) shared_->cap_waiting.erase(it);
+    }
+    for (const auto& held : admitted) hand_slot(name, held);
+}
+
+void ProxyServer::hand_slot(const std::string& name, const ProxyShared::Held& next) {
+    if (next.server == this) {
+        admit_held(name, next.session);
+        return;
+    }
+    std::weak_ptr<ProxyShared> weak = shared_;
+    next.queue->post([weak, held = next, name] {
+        auto shared = weak.lock();
+        if (!shared) return;
+        bool live;
+        {
+            // Instances are freed on their own loop (this thread): still listed, still alive.
+            std::lock_guard<std::mutex> lock(shared->mu);
+            live = std::find(shared->instances.begin(), shared->instances.end(), held.server) !=
+                   shared->instances.end();
+        }
+        if (live) held.server->admit_held(name, held.session);
+    });
 }
 
 void ProxyServer::admit_held(const std::string& rule, uint64_t id) {
@@ -641,8 +679,24 @@ void ProxyServer::admit_held(const std::string& rule, uint64_t id) {
         release_slots({rule});  // gone meanwhile: the slot passes to the next in line
         return;
     }
-    it->second->take_slot(rule);
-    it->second->admit();
+    Session& s = *it->second;
+    s.take_slot(rule);
+    // The rules after the cap apply as to any connection, with what was known at accept
+    // (another cap among them may hold it again, or turn it away). A cap since deleted no
+    // longer marks the place: then every rule is matched. Either way not those applied while
+    // it waited (`existing`), nor caps whose slot it holds.
+    faults::ConnectionFacts facts;
+    facts.ordinal = s.ordinal();
+    facts.channel = s.channel();
+    facts.client = s.peer();
+    facts.since_start = s.accepted_at();
+    size_t from = 0;
+    for (size_t i = 0; i < cfg_->rules.size(); ++i)
+        if (cfg_->rules[i].name == rule) from = i + 1;
+    std::vector<std::string> passed = s.rule_names();
+    passed.insert(passed.end(), s.slots().begin(), s.slots().end());
+    Admission a = match_in_order(s, facts, from, passed);
+    if (a == Admission::admit) s.admit();
 }
 
 bool ProxyServer::record_fault(const config::Rule& rule) {

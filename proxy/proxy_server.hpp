@@ -184,6 +184,16 @@ class ProxyServer final : public FtpDataListener::Owner,
     void become_replica_of(const ProxyServer& primary, Worker& worker);
     // Hands a freed cap slot (already counted as taken) to a held session of this instance.
     void admit_held(const std::string& rule, uint64_t id);
+    // The rules from `from` on, in order, for a config with a `cap` rule: stops at a cap that
+    // holds or turns the connection away.
+    // `passed`: rules to leave out (applied already, or caps whose slot it holds).
+    Admission match_in_order(Session& s, const faults::ConnectionFacts& facts, size_t from,
+                             const std::vector<std::string>& passed);
+    // Gives a slot of cap rule `name` to a held client, on whichever loop it waits.
+    void hand_slot(const std::string& name, const ProxyShared::Held& held);
+    // Admits the clients cap rule `name` holds while fewer than `max` hold its slots: after
+    // the rule went or was switched off (max: no limit), or its max was raised.
+    void admit_waiting(const std::string& name, uint64_t max);
     bool local_finished() const {
         return retired_ && !listener_open_ && !clock_open_ && sessions_.empty() &&
                data_listeners_.empty();

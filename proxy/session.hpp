@@ -137,6 +137,9 @@ class Session final : public FtpControl::Host,
     void lift_rule(const std::string& name);
     uint64_t ordinal() const { return ordinal_; }
     void set_ordinal(uint64_t n) { ordinal_ = n; }
+    // The proxy's uptime when this connection was accepted (rules are matched as of then).
+    config::Duration accepted_at() const { return accepted_at_; }
+    void set_accepted_at(config::Duration d) { accepted_at_ = d; }
     config::Channel channel() const { return channel_; }
     const sockaddr* peer() const { return reinterpret_cast<const sockaddr*>(&peer_); }
     std::vector<std::string> rule_names() const;
@@ -293,6 +296,7 @@ class Session final : public FtpControl::Host,
     // ends, or the connection starts ending.
     std::vector<std::pair<std::string, std::unique_ptr<PacketFilter::Handle>>> packet_drops_;
     uint64_t ordinal_ = 0;
+    config::Duration accepted_at_{0};
     union {
         sockaddr sa;
         sockaddr_in v4;

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from admin_helpers import start_with_admin
 from fault_helpers import Recorder, echo_reply, start_proxy, try_connect
 from helpers import connect, read_outcome, recv_exact, recv_until_eof
 
@@ -83,6 +84,73 @@ def test_cap_hold_fifo(tcpfault, servers, sockets):
     c2.close()
     assert recv_exact(c4, 6, timeout=5) == b"fourth"
     _echo_ok(c3)
+
+
+@pytest.mark.timeout(30)
+def test_cap_hold_then_the_rules_after_it(tcpfault, servers, sockets):
+    """A client a `cap` held gets the rules after the cap once admitted, matched with what was
+    known at accept (its ordinal here): its "boom" is answered with the RST of the rule for the
+    second connection, not echoed."""
+    rec = Recorder(servers, reply=echo_reply, close_on_eof=True)
+    proxy = start_proxy(tcpfault, rec.addr, [
+        "{name: cap, fault: {type: cap, max: 1, over: hold}}",
+        "{name: second, match: {connections: {nth: 2}}, "
+        "when: {direction: upstream, data: boom}, fault: {type: reset, to: client}}"])
+    c1 = connect(proxy.addr())
+    sockets.append(c1)
+    _echo_ok(c1, b"boom")  # the first connection: not the rule's
+    c2 = connect(proxy.addr())
+    sockets.append(c2)
+    proxy.wait_for_log("fault injected", rule="cap", count=1)
+    _wait_no_echo(c2, 0.2)
+    c1.close()
+    c2.sendall(b"boom")
+    outcome, data, _ = read_outcome(c2, timeout=5)
+    assert (outcome, data) == ("reset", b""), (
+        f"the held client, once admitted, read {data!r} then {outcome}: the rule after the cap"
+        " was not applied")
+    proxy.wait_for_log("fault injected", rule="second", count=1)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("change", ["delete", "disable", "raise-max"])
+def test_cap_lifted_admits_the_held_clients(tcpfault, servers, sockets, change):
+    """A cap that is deleted or switched off over the API admits every client it holds at
+    once; one whose max is raised admits as many as now fit, in arrival order. The client
+    holding the only slot stays open throughout."""
+    echo = servers.echo()
+    p, api = start_with_admin(tcpfault, [
+        {"name": "main", "upstream": echo.addr,
+         "rules": ["{name: cap, fault: {type: cap, max: 1, over: hold}}"]}])
+    first = connect(p.addr("main"))
+    sockets.append(first)
+    _echo_ok(first)
+    held = []
+    for i in range(3):
+        c = connect(p.addr("main"))
+        sockets.append(c)
+        c.sendall(b"held-%d" % i)
+        p.wait_for_log("fault injected", rule="cap", count=i + 1)
+        held.append(c)
+    _wait_no_echo(held[0], 0.2)
+    if change == "delete":
+        api.ok_json("DELETE", "/api/proxies/main/rules/cap")
+        admitted = 3
+    elif change == "disable":
+        api.ok_json("POST", "/api/proxies/main/rules/cap/disable")
+        admitted = 3
+    else:
+        api.ok_json("PUT", "/api/proxies/main/rules/cap",
+                    {"name": "cap", "fault": {"type": "cap", "max": 3, "over": "hold"}})
+        admitted = 2  # 3 slots: the first client's and two more
+    for i in range(admitted):
+        assert recv_exact(held[i], 6, timeout=5) == b"held-%d" % i, f"held client {i}"
+    for c in held[admitted:]:
+        _wait_no_echo(c, 0.3)
+    _echo_ok(first)
+    if change == "raise-max":
+        first.close()  # a slot frees: the last held client goes in
+        assert recv_exact(held[2], 6, timeout=5) == b"held-2"
 
 
 @pytest.mark.timeout(30)
