@@ -171,6 +171,7 @@ std::string App::apply(const config::Config& cfg) {
 
     // Phase 1: bind every listener the new config needs, touching nothing that runs.
     std::vector<std::unique_ptr<ProxyServer>> fresh;
+    std::vector<std::string> declared;  // proxies whose series phase 1 declared
     std::string error;
     for (const auto& p : cfg.proxies) {
         auto it = running.find(p.name);
@@ -179,6 +180,7 @@ std::string App::apply(const config::Config& cfg) {
             std::make_unique<ProxyServer>(&loop_, std::make_shared<config::Proxy>(p), &pool_);
         server->set_seed(seed_);
         server->set_metrics(&metrics_);
+        declared.push_back(p.name);
         server->set_events(&events_);
         server->set_packet_filter(packet_filter_.get());
         int e = server->listen();
@@ -196,8 +198,11 @@ std::string App::apply(const config::Config& cfg) {
             s->stop_accepting();
             retiring_.push_back(std::move(s));
         }
-        // The fresh instances declared their rules' series, retiring those of the running
-        // config they lack: the running config's come back.
+        // The fresh instances declared their series: those of proxies that do not run go as
+        // a deleted proxy's do, and the running config's rules' come back (the fresh
+        // instances retired those they lack).
+        for (const auto& name : declared)
+            if (running.count(name) == 0) metrics_.retire_proxy(name);
         for (auto& s : servers_) s->set_metrics(&metrics_);
         schedule_reap();
         return error;

@@ -163,6 +163,9 @@ ssize_t Endpoint::eof_or_reset() const {
     int err = 0;
     socklen_t len = sizeof err;
     if (getsockopt(fd(), SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) return UV_EOF;
+    // EPIPE: the RST came after the peer's FIN, which a reader meets first (EOF), as the
+    // kernel's own reads and the peek report it.
+    if (err == EPIPE) return UV_EOF;
     return uv_translate_sys_error(err);
 }
 

@@ -510,7 +510,7 @@ ProxyServer::Admission ProxyServer::match_in_order(Session& s, const faults::Con
                 s.set_rule_program(program_);  // only a session some rule applies to holds it
                 program_given = true;
             }
-            s.apply_rule(&rule);
+            s.apply_rule(&rule, cfg_);
             continue;
         }
         bool slot = false;
@@ -565,15 +565,6 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
         }
         set_metrics(metrics_);  // declares series for new rules
         start_rule_clock();     // the new rules may include refuse/restart
-        // A cap that went, was switched off or now allows more admits those it holds.
-        for (const auto& was : old->rules) {
-            if (!std::holds_alternative<config::CapFault>(was.fault)) continue;
-            const config::Rule* now = current_rule(was.name);
-            const auto* cap = now != nullptr && now->enabled
-                                  ? std::get_if<config::CapFault>(&now->fault)
-                                  : nullptr;
-            admit_waiting(was.name, cap != nullptr ? cap->max : UINT64_MAX);
-        }
     }
     // Rules deleted, disabled or replaced leave open connections: their stages are lifted and
     // their pending triggers never fire.
@@ -593,6 +584,19 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
         apply_to_open_sessions(rule);
     }
     each_replica([&](ProxyServer& r) { r.update_config(cfg_, replaced); });
+    if (!replica_) {
+        // A cap that went, was switched off or now allows more admits those it holds. Last:
+        // every loop has the new rules, and rules just applied to open connections (held ones
+        // included) are not matched twice.
+        for (const auto& was : old->rules) {
+            if (!std::holds_alternative<config::CapFault>(was.fault)) continue;
+            const config::Rule* now = current_rule(was.name);
+            const auto* cap = now != nullptr && now->enabled
+                                  ? std::get_if<config::CapFault>(&now->fault)
+                                  : nullptr;
+            admit_waiting(was.name, cap != nullptr ? cap->max : UINT64_MAX);
+        }
+    }
     // Switching refuse on or off acts now, not at the next tick.
     if (clock_open_) on_rule_tick();
 }

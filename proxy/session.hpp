@@ -126,8 +126,11 @@ class Session final : public FtpControl::Host,
     // The compiled rules of the config this session was accepted with (ProxyServer hands over
     // its own, before the first apply_rule; otherwise it is looked up).
     void set_rule_program(std::shared_ptr<const faults::RuleProgram> program);
-    // Applies one of the proxy's matching rules to this connection at accept.
-    void apply_rule(const config::Rule* rule);
+    // Applies one of the proxy's matching rules to this connection at accept. `current`: the
+    // config `rule` belongs to, when it may have replaced this session's since (a client a cap
+    // held); null: this session's.
+    void apply_rule(const config::Rule* rule,
+                    const std::shared_ptr<const config::Proxy>& current = nullptr);
     // Applies the rules of a bit row of the program given to set_rule_program() (at accept).
     void apply_rules(const uint64_t* rows) { rules_.apply_rows(rows); }
     // Same for a rule that appeared while the connection was open; `snapshot` owns the rule.

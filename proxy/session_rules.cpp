@@ -21,16 +21,16 @@ void Session::set_rule_program(std::shared_ptr<const faults::RuleProgram> progra
     if (rules_.empty()) rules_ = faults::TriggerSet(std::move(program));
 }
 
-void Session::apply_rule(const config::Rule* rule) {
+void Session::apply_rule(const config::Rule* rule,
+                         const std::shared_ptr<const config::Proxy>& current) {
     if (rules_.empty()) rules_ = faults::TriggerSet(faults::RuleProgram::of(cfg_));
     long i = rules_.program()->index_of(rule);
     if (i >= 0) {
         rules_.apply(static_cast<size_t>(i));
         return;
     }
-    // Not one of this session's config: a rule added at runtime, whose snapshot is cfg_'s
-    // successor (the caller's current config).
-    apply_runtime_rule(rule, cfg_);
+    // Not one of this session's config: a rule of a later one.
+    apply_runtime_rule(rule, current != nullptr ? current : cfg_);
 }
 
 void Session::apply_runtime_rule(const config::Rule* rule,

@@ -354,3 +354,34 @@ def test_a_failed_reload_keeps_the_running_rules_series(tcpfault, servers):
         assert m.value("tcpfault_rule_active", proxy="p", rule="dropme") is None, m.text
     finally:
         busy.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_reload_leaves_no_series_of_proxies_it_would_have_added(tcpfault, servers):
+    """A reload that adds a proxy and fails on a later one (its port is in use) runs nothing
+    new: the added proxy has no tcpfault_connections_active or tcpfault_rule_active series, as
+    a deleted proxy has none."""
+    echo = servers.echo()
+    p, api = start_with_admin(tcpfault, [{"name": "p", "upstream": echo.addr}])
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        text = p.config_path.read_text()
+        added = (f'  - name: newp\n    listen: 127.0.0.1:0\n    upstream: "{echo.addr}"\n'
+                 "    rules:\n      - {name: nr, fault: {type: close}}\n")
+        moved = text.replace("proxies:\n", "proxies:\n" + added, 1)
+        moved = moved.replace("  - name: p\n    listen: 127.0.0.1:0",
+                              f"  - name: p\n    listen: 127.0.0.1:{busy.getsockname()[1]}")
+        assert moved.count("newp") == 1 and str(busy.getsockname()[1]) in moved
+        tcpfault.write_config(moved, name=p.config_path.name)
+        mark = p.mark()
+        assert api.post("/api/reload").status != 200
+        p.wait_for_log("reload failed", since=mark)
+        m = api.scrape()
+        assert m.value("tcpfault_connections_active", proxy="newp") is None, m.text
+        assert m.value("tcpfault_rule_active", proxy="newp", rule="nr") is None, m.text
+        assert m.need("tcpfault_connections_active", proxy="p") == 0
+        assert api.get("/api/proxies/newp").status == 404
+    finally:
+        busy.close()

@@ -87,22 +87,31 @@ def test_cap_hold_fifo(tcpfault, servers, sockets):
 
 
 @pytest.mark.timeout(30)
-def test_cap_hold_then_the_rules_after_it(tcpfault, servers, sockets):
+@pytest.mark.parametrize("change", [None, "rule-added-while-held"])
+def test_cap_hold_then_the_rules_after_it(tcpfault, servers, sockets, change):
     """A client a `cap` held gets the rules after the cap once admitted, matched with what was
     known at accept (its ordinal here): its "boom" is answered with the RST of the rule for the
-    second connection, not echoed."""
-    rec = Recorder(servers, reply=echo_reply, close_on_eof=True)
-    proxy = start_proxy(tcpfault, rec.addr, [
-        "{name: cap, fault: {type: cap, max: 1, over: hold}}",
-        "{name: second, match: {connections: {nth: 2}}, "
-        "when: {direction: upstream, data: boom}, fault: {type: reset, to: client}}"])
-    c1 = connect(proxy.addr())
+    second connection, not echoed. Also when the rules changed while it waited (its accept-time
+    rule before the cap is of the old config, the rule after it of the new one)."""
+    echo = servers.echo()
+    proxy, api = start_with_admin(tcpfault, [
+        {"name": "main", "upstream": echo.addr,
+         "rules": ["{name: before, when: {direction: downstream, data: never-sent}, "
+                   "fault: {type: reset}}",
+                   "{name: cap, fault: {type: cap, max: 1, over: hold}}",
+                   "{name: second, match: {connections: {nth: 2}}, "
+                   "when: {direction: upstream, data: boom}, fault: {type: reset, to: client}}"]}])
+    c1 = connect(proxy.addr("main"))
     sockets.append(c1)
     _echo_ok(c1, b"boom")  # the first connection: not the rule's
-    c2 = connect(proxy.addr())
+    c2 = connect(proxy.addr("main"))
     sockets.append(c2)
     proxy.wait_for_log("fault injected", rule="cap", count=1)
     _wait_no_echo(c2, 0.2)
+    if change:
+        api.ok_json("POST", "/api/proxies/main/rules",
+                    {"name": "unrelated", "match": {"connections": {"nth": 99}},
+                     "fault": {"type": "close"}}, status=201)
     c1.close()
     c2.sendall(b"boom")
     outcome, data, _ = read_outcome(c2, timeout=5)

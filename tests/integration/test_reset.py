@@ -136,6 +136,39 @@ def test_reset_right_behind_bytes_is_passed_on_as_reset(tcpfault, servers, socke
     proxy.wait_fds_at_most(fds_idle)
 
 
+@pytest.mark.timeout(60)
+def test_fin_then_reset_right_behind_bytes_reads_as_eof(tcpfault, servers, sockets):
+    """A server that sends its last bytes and its FIN, then aborts: a reader meets the FIN
+    first, directly as through the proxy (bytes, then EOF), also late in a connection, where
+    the proxy tells libuv's made-up EOF apart by the socket's error (EPIPE there, not
+    ECONNRESET)."""
+    srv = servers.tcp()
+    last = b"bye " * 100
+
+    def exchange_and_abort(c, s):
+        for _ in range(6):
+            _ping_pong(c, s)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(last)
+        s.shutdown(socket.SHUT_WR)
+        reset_close(s)
+
+    host, port = srv.addr.rsplit(":", 1)
+    c = connect((host, int(port)))
+    sockets.append(c)
+    exchange_and_abort(c, srv.wait_accepted(1, timeout=5))
+    outcome, data, _ = read_outcome(c, timeout=5)
+    assert (outcome, data) == ("eof", last), f"direct: {len(data)} bytes, then {outcome}"
+    proxy = tcpfault.quick(srv.addr)
+    for i in range(RST_BEHIND_ROUNDS):
+        c = connect(proxy.addr())
+        sockets.append(c)
+        exchange_and_abort(c, srv.wait_accepted(i + 2, timeout=5))
+        outcome, data, took = read_outcome(c, timeout=5)
+        assert (outcome, data) == ("eof", last), (
+            f"round {i}: the client read {len(data)} bytes, then {outcome} after {took:.2f}s")
+
+
 # A server in a process of its own: accepts, sends BANNER (hex, may be empty), its FIN if
 # asked, then resets.
 _RESET_AT_ACCEPT_SERVER = r"""
