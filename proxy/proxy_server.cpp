@@ -621,7 +621,13 @@ void ProxyServer::apply_to_open_sessions(const config::Rule& rule) {
 }
 
 void ProxyServer::release_slots(const std::vector<std::string>& rules) {
-    for (const auto& name : rules) {
+    for (const auto& name : rules) release_slot(name);
+}
+
+void ProxyServer::release_slot(const std::string& name) {
+    // A loop, not a recursion: every waiting client that is gone meanwhile passes the slot on,
+    // and thousands may be (a cap holding 10,000 clients that all leave).
+    for (;;) {
         std::optional<ProxyShared::Held> next;
         {
             std::lock_guard<std::mutex> lock(shared_->mu);
@@ -635,7 +641,7 @@ void ProxyServer::release_slots(const std::vector<std::string>& rules) {
                 ++taken;
             }
         }
-        if (next) hand_slot(name, *next);
+        if (!next || hand_slot(name, *next)) return;
     }
 }
 
@@ -654,14 +660,12 @@ void ProxyServer::admit_waiting(const std::string& name, uint64_t max) {
         }
         if (it->second.empty()) shared_->cap_waiting.erase(it);
     }
-    for (const auto& held : admitted) hand_slot(name, held);
+    for (const auto& held : admitted)
+        if (!hand_slot(name, held)) release_slot(name);
 }
 
-void ProxyServer::hand_slot(const std::string& name, const ProxyShared::Held& next) {
-    if (next.server == this) {
-        admit_held(name, next.session);
-        return;
-    }
+bool ProxyServer::hand_slot(const std::string& name, const ProxyShared::Held& next) {
+    if (next.server == this) return admit_held(name, next.session);
     std::weak_ptr<ProxyShared> weak = shared_;
     next.queue->post([weak, held = next, name] {
         auto shared = weak.lock();
@@ -673,16 +677,14 @@ void ProxyServer::hand_slot(const std::string& name, const ProxyShared::Held& ne
             live = std::find(shared->instances.begin(), shared->instances.end(), held.server) !=
                    shared->instances.end();
         }
-        if (live) held.server->admit_held(name, held.session);
+        if (live && !held.server->admit_held(name, held.session)) held.server->release_slot(name);
     });
+    return true;  // that loop passes the slot on if the client is gone
 }
 
-void ProxyServer::admit_held(const std::string& rule, uint64_t id) {
+bool ProxyServer::admit_held(const std::string& rule, uint64_t id) {
     auto it = sessions_.find(id);
-    if (it == sessions_.end() || it->second->ending()) {
-        release_slots({rule});  // gone meanwhile: the slot passes to the next in line
-        return;
-    }
+    if (it == sessions_.end() || it->second->ending()) return false;
     Session& s = *it->second;
     s.take_slot(rule);
     // The rules after the cap apply as to any connection, with what was known at accept
@@ -701,6 +703,7 @@ void ProxyServer::admit_held(const std::string& rule, uint64_t id) {
     passed.insert(passed.end(), s.slots().begin(), s.slots().end());
     Admission a = match_in_order(s, facts, from, passed);
     if (a == Admission::admit) s.admit();
+    return true;
 }
 
 bool ProxyServer::record_fault(const config::Rule& rule) {

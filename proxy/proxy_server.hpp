@@ -183,14 +183,19 @@ class ProxyServer final : public FtpDataListener::Owner,
     void each_replica(const std::function<void(ProxyServer&)>& fn) const;
     void become_replica_of(const ProxyServer& primary, Worker& worker);
     // Hands a freed cap slot (already counted as taken) to a held session of this instance.
-    void admit_held(const std::string& rule, uint64_t id);
+    // Gives the held session `id` a slot of cap rule `rule` and admits it; false if it is gone
+    // or ending (the caller passes the slot on).
+    bool admit_held(const std::string& rule, uint64_t id);
+    // One slot of cap rule `name` frees.
+    void release_slot(const std::string& name);
     // The rules from `from` on, in order, for a config with a `cap` rule: stops at a cap that
     // holds or turns the connection away.
     // `passed`: rules to leave out (applied already, or caps whose slot it holds).
     Admission match_in_order(Session& s, const faults::ConnectionFacts& facts, size_t from,
                              const std::vector<std::string>& passed);
-    // Gives a slot of cap rule `name` to a held client, on whichever loop it waits.
-    void hand_slot(const std::string& name, const ProxyShared::Held& held);
+    // Gives a slot of cap rule `name` to a held client, on whichever loop it waits; false if
+    // it is on this loop and gone (the slot is still to be passed on).
+    bool hand_slot(const std::string& name, const ProxyShared::Held& held);
     // Admits the clients cap rule `name` holds while fewer than `max` hold its slots: after
     // the rule went or was switched off (max: no limit), or its max was raised.
     void admit_waiting(const std::string& name, uint64_t max);
