@@ -2,6 +2,7 @@
 
 import errno
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -192,6 +193,21 @@ while True:
 """
 
 
+def _connect_direct_to_server_that_resets(server: subprocess.Popen,
+                                         addr: tuple[str, int]) -> socket.socket:
+    """Direct, the server's RST can beat the client's own connect(): a non-blocking connect()
+    returns before the handshake is taken in, and a server that runs first resets the connection
+    before the client looks (connect() then fails with ECONNRESET; most tries on a busy machine
+    here). Any client of that server meets that. The control wants what a client whose connect()
+    returned reads next, so the server is stopped while the client connects: the kernel
+    completes the handshake on its own, and the server accepts and resets once it runs again."""
+    server.send_signal(signal.SIGSTOP)
+    try:
+        return connect(addr)
+    finally:
+        server.send_signal(signal.SIGCONT)
+
+
 def _lowest_priority_on_cpu0(pid: int) -> None:
     """Every thread of pid runs on CPU 0 only, and only when nothing else there wants to."""
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -219,7 +235,7 @@ def test_server_that_resets_at_accept(tcpfault, sockets, banner, fin, expected):
                             "fin" if fin else "rst"], stdout=subprocess.PIPE)
     try:
         port = int(srv.stdout.readline())
-        direct = connect((LOOPBACK, port))
+        direct = _connect_direct_to_server_that_resets(srv, (LOOPBACK, port))
         sockets.append(direct)
         outcome, data, _ = read_outcome(direct, timeout=5)
         assert (outcome, data) == (expected, banner), f"direct: {data!r}, then {outcome}"
