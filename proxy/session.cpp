@@ -344,13 +344,17 @@ void Session::on_connected(int reset_taken) {
     // Rules without `when` act "at accept": once both sockets exist, before any byte moves.
     start_rules();
     if (ending_) return;
+    if (reset_taken != 0) {
+        // The server's bytes go to the client at the pace it takes them, then its RST (which
+        // ends the session). The client's bytes are not read: written to the dead socket,
+        // their error would end the session before the server's bytes were all passed on.
+        up_.sink_gone();
+        down_.start();
+        outgoing_->read_now();
+        return;
+    }
     up_.start();
     down_.start();
-    if (reset_taken != 0) {
-        // The server's bytes go first, then its RST (which ends the session), before the
-        // client's bytes meet a socket that is gone. Bounded by what the kernel kept.
-        for (int i = 0; i < 64 && !ending_ && outgoing_->reading(); ++i) outgoing_->read_now();
-    }
     // The side that connected to us most likely sent its request while this connection was
     // made: it moves now, not a turn of the loop (an epoll_wait) later.
     if (!ending_) accepted_->read_now();

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -298,6 +299,50 @@ def test_client_that_resets_before_it_is_accepted(tcpfault, servers, sockets):
         outcome, data, took = read_outcome(s, timeout=5)
         assert (outcome, data) == ("reset", request), (
             f"round {i}: the server read {data!r}, then {outcome} after {took:.2f}s")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to order the race")
+def test_server_that_resets_at_accept_keeps_its_banner_whatever_the_client_sends(
+        tcpfault, sockets):
+    """As above, with a long banner the proxy reads 16 bytes at a time (clamp read_size) and a
+    client that sends its request at once. Direct, the client reads the whole banner then
+    ECONNRESET. Through the proxy, the client's request must not be written to the server's
+    dead socket while banner bytes wait: that write's error would end the connection there and
+    cut the banner short (about 1 KiB of 8 KiB arrived)."""
+    banner = bytes(random.Random(7).getrandbits(8) for _ in range(8192))
+    srv = subprocess.Popen([sys.executable, "-c", _RESET_AT_ACCEPT_SERVER, banner.hex(), "rst"],
+                           stdout=subprocess.PIPE)
+    try:
+        port = int(srv.stdout.readline())
+        direct = _connect_direct_to_server_that_resets(srv, (LOOPBACK, port))
+        sockets.append(direct)
+        direct.sendall(b"HELO client\r\n")
+        outcome, data, _ = read_outcome(direct, timeout=5)
+        assert (outcome, data) == ("reset", banner), f"direct: {len(data)} bytes, then {outcome}"
+        p, _ = start_with_admin(tcpfault, [{
+            "name": "main", "upstream": f"127.0.0.1:{port}",
+            "rules": ["{name: short-reads, fault: {type: clamp, side: server, read_size: 16}}"]}],
+            level="debug")
+        _lowest_priority_on_cpu0(p.proc.pid)
+        os.sched_setaffinity(0, {1})
+        try:
+            for i in range(RST_BEHIND_ROUNDS):
+                c = connect(p.addr("main"))
+                sockets.append(c)
+                c.sendall(b"HELO client\r\n")
+                outcome, data, took = read_outcome(c, timeout=5)
+                assert (outcome, len(data)) == ("reset", len(banner)), (
+                    f"round {i}: the client read {len(data)} bytes, then {outcome} after"
+                    f" {took:.2f}s")
+                assert data == banner
+        finally:
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        early = len(p.find_logs("server reset before the connection was seen made"))
+        assert early > 0, "no RST beat the connect callback: the test did not test that path"
+    finally:
+        srv.kill()
+        srv.wait()
 
 
 class Streamer(threading.Thread):
