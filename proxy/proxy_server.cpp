@@ -610,12 +610,7 @@ void ProxyServer::apply_to_open_sessions(const config::Rule& rule) {
     config::Duration now = since_start();
     for (auto& [id, s] : sessions_) {
         if (s->ending()) continue;
-        faults::ConnectionFacts facts;
-        facts.ordinal = s->ordinal();
-        facts.channel = s->channel();
-        facts.client = s->peer();
-        facts.since_start = now;
-        if (faults::rule_matches(rule, facts, seed_, fired(rule.name)))
+        if (faults::rule_matches(rule, s->facts(now), seed_, fired(rule.name)))
             s->apply_runtime_rule(&rule, cfg_);
     }
 }
@@ -691,17 +686,12 @@ bool ProxyServer::admit_held(const std::string& rule, uint64_t id) {
     // (another cap among them may hold it again, or turn it away). A cap since deleted no
     // longer marks the place: then every rule is matched. Either way not those applied while
     // it waited (`existing`), nor caps whose slot it holds.
-    faults::ConnectionFacts facts;
-    facts.ordinal = s.ordinal();
-    facts.channel = s.channel();
-    facts.client = s.peer();
-    facts.since_start = s.accepted_at();
     size_t from = 0;
     for (size_t i = 0; i < cfg_->rules.size(); ++i)
         if (cfg_->rules[i].name == rule) from = i + 1;
     std::vector<std::string> passed = s.rule_names();
     passed.insert(passed.end(), s.slots().begin(), s.slots().end());
-    Admission a = match_in_order(s, facts, from, passed);
+    Admission a = match_in_order(s, s.facts(s.accepted_at()), from, passed);
     if (a == Admission::admit) s.admit();
     return true;
 }

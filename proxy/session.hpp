@@ -145,6 +145,11 @@ class Session final : public FtpControl::Host,
     void set_accepted_at(config::Duration d) { accepted_at_ = d; }
     config::Channel channel() const { return channel_; }
     const sockaddr* peer() const { return reinterpret_cast<const sockaddr*>(&peer_); }
+    // What a rule's `match` is checked against, for this connection at uptime `since_start`.
+    faults::ConnectionFacts facts(config::Duration since_start) const {
+        return {
+            .ordinal = ordinal_, .client = peer(), .channel = channel_, .since_start = since_start};
+    }
     std::vector<std::string> rule_names() const;
     // "open", "ending", and each socket's state, for the connection listing.
     std::string state() const;
