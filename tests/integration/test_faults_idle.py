@@ -1,6 +1,7 @@
 """Fault `idle`: after `timeout` with no bytes either way, reset (RST on the next bytes, both
 sides), drop (everything discarded) or close (FIN both ways at the timeout)."""
 
+import socket
 import time
 
 import pytest
@@ -107,3 +108,11 @@ def test_idle_drop_discards_everything(tcpfault, servers, sockets):
     assert bytes(rec.record(1).data) == b"a", (
         f"client bytes after the idle drop reached the server: {bytes(rec.record(1).data)!r}")
     assert rec.record(1).end is None, "the server side ended (drop must stay silent)"
+    # A FIN is a segment like any other: the blackhole swallows it, neither side is told.
+    c.shutdown(socket.SHUT_WR)
+    proxy.wait_for_log("client eof", timeout=5)  # the proxy has read it
+    outcome, data, _ = read_outcome(c, timeout=0.7)
+    assert (outcome, data) == ("timeout", b""), (
+        f"client after its FIN under the idle drop: expected nothing, got {outcome} {data!r}")
+    assert send_outcome(rec.conn(1), b"still here") == "ok"
+    assert rec.record(1).end is None, "the client's FIN reached the server through the drop"
