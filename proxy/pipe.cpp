@@ -22,15 +22,15 @@ void Pipe::start() {
     update_reading();
 }
 
-void Pipe::sink_gone() {
-    sink_gone_ = true;
+void Pipe::hold_reading(bool held) {
+    reading_held_ = held;
     update_reading();
 }
 
 // Whether the source is read: a blackhole reads (and discards) whatever holds the stream
 // otherwise; a hold stall, a full sink or a trigger's hold point stop it.
 void Pipe::update_reading() {
-    bool want = !terminated_ && !source_eof_ && source_error_ == 0 && !sink_gone_;
+    bool want = !terminated_ && !source_eof_ && source_error_ == 0 && !reading_held_;
     if (want) {
         bool drops = false, stops = false;
         for (const auto& s : stages_) {

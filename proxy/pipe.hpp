@@ -85,10 +85,10 @@ class Pipe final : private Deadlines::Client {
     bool held_endlessly() const;
 
     void start();  // begin reading the source
-    // The sink is known gone (its RST came before the session began): the source is not read,
-    // as its bytes could only meet a dead socket, and their write error would cut short what
-    // the other direction still has to pass on.
-    void sink_gone();
+    // Reading the source held (true) or allowed again (false): while the sink's peer is known
+    // gone but the other direction still passes on what it sent (see Session::on_connected).
+    void hold_reading(bool held);
+    bool reading_held() const { return reading_held_; }
     // A protocol filter (FTP control channel) that may rewrite the stream before faults see it.
     void set_filter(faults::FtpLineFilter* f) { filter_ = f; }
 
@@ -135,8 +135,8 @@ class Pipe final : private Deadlines::Client {
     Deadlines& deadlines_;
     uint64_t bytes_ = 0;
     uint64_t forwarded_ = 0;
-    bool paused_ = false;     // reading stopped because the sink is full
-    bool sink_gone_ = false;  // see sink_gone()
+    bool paused_ = false;        // reading stopped because the sink is full
+    bool reading_held_ = false;  // see hold_reading()
     bool source_eof_ = false;
     int source_error_ = 0;  // a RST from the source, held while a stage keeps the end
     bool fin_done_ = false;

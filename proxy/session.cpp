@@ -318,7 +318,7 @@ void Session::on_connect(uv_connect_t* req, int status) {
         // RST: so does this one. EPIPE: the RST came after the server's FIN, which a direct
         // client reads first (EOF; its next write fails): the socket reads the same.
         self->trace("server reset before the connection was seen made");
-        self->on_connected(status == UV_ECONNRESET ? UV_ECONNRESET : 0);
+        self->on_connected(status);
         return;
     }
     if (status != 0) {
@@ -334,9 +334,9 @@ void Session::on_connect(uv_connect_t* req, int status) {
     self->on_connected();
 }
 
-void Session::on_connected(int reset_taken) {
+void Session::on_connected(int gone) {
     connected_ = true;
-    if (reset_taken != 0) outgoing_->reset_taken(reset_taken);
+    if (gone == UV_ECONNRESET) outgoing_->reset_taken(gone);
     connect_deadline_us_ = 0;
     std::vector<sockaddr_storage>().swap(addrs_);  // only needed to connect: 144 bytes less
     rearm();
@@ -344,12 +344,15 @@ void Session::on_connected(int reset_taken) {
     // Rules without `when` act "at accept": once both sockets exist, before any byte moves.
     start_rules();
     if (ending_) return;
-    if (reset_taken != 0) {
-        // The server's bytes go to the client at the pace it takes them, then its RST (which
-        // ends the session). The client's bytes are not read: written to the dead socket,
-        // their error would end the session before the server's bytes were all passed on.
-        up_.sink_gone();
-        down_.start();
+    if (gone != 0) {
+        // The peer we connected to (the server; the client of an active-mode FTP data channel)
+        // is gone. What it sent goes to the other side at that side's pace, then its RST (which
+        // ends the session) or its FIN. The other side is not read meanwhile: its bytes would
+        // meet the dead socket, and that write's error would end the session before the gone
+        // peer's bytes were all passed on. After its FIN they may (on_direction_done), and
+        // fail as they would have directly.
+        pipe_into(*outgoing_).hold_reading(true);
+        pipe_from(*outgoing_).start();
         outgoing_->read_now();
         return;
     }
@@ -541,7 +544,10 @@ void Session::peer_gone(faults::Side gone, const char* what, int err) {
     end_connection(e, "peer reset", nullptr);
 }
 
-void Session::on_direction_done(config::Direction) {
+void Session::on_direction_done(config::Direction dir) {
+    // A peer gone at connect has had its FIN passed on: the other side is read again.
+    Pipe& other = dir == config::Direction::upstream ? down_ : up_;
+    if (other.reading_held()) other.hold_reading(false);
     if (up_.done() && down_.done()) end_connection({Ending::fin, Ending::fin}, "done", nullptr);
 }
 

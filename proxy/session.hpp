@@ -227,8 +227,9 @@ class Session final : public FtpControl::Host,
     // Connecting.
     void resolve();
     void connect_next();
-    // reset_taken: the server's RST came before the connection was seen made (its error).
-    void on_connected(int reset_taken = 0);
+    // gone: 0, or UV_ECONNRESET (a RST) / UV_EPIPE (a FIN, then a RST) when the peer we
+    // connected to ended before the connection was seen made (the connect's error).
+    void on_connected(int gone = 0);
     void upstream_failed(const char* kind, int err);
     void on_resolved(const Resolver::Result& r);
     static void on_connect(uv_connect_t* req, int status);

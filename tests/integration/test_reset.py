@@ -194,17 +194,20 @@ while True:
 """
 
 
-def _connect_direct_to_server_that_resets(server: subprocess.Popen,
-                                         addr: tuple[str, int]) -> socket.socket:
+def _connect_direct_to_server_that_resets(server: subprocess.Popen, addr: tuple[str, int],
+                                         request: bytes = b"") -> socket.socket:
     """Direct, the server's RST can beat the client's own connect(): a non-blocking connect()
     returns before the handshake is taken in, and a server that runs first resets the connection
     before the client looks (connect() then fails with ECONNRESET; most tries on a busy machine
     here). Any client of that server meets that. The control wants what a client whose connect()
     returned reads next, so the server is stopped while the client connects: the kernel
-    completes the handshake on its own, and the server accepts and resets once it runs again."""
+    completes the handshake on its own, and the server accepts and resets once it runs again.
+    A `request` is sent in that window too, as the kernel takes it whatever the server does."""
     server.send_signal(signal.SIGSTOP)
     try:
-        return connect(addr)
+        c = connect(addr)
+        c.sendall(request)
+        return c
     finally:
         server.send_signal(signal.SIGCONT)
 
@@ -303,24 +306,26 @@ def test_client_that_resets_before_it_is_accepted(tcpfault, servers, sockets):
 
 @pytest.mark.timeout(60)
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to order the race")
+@pytest.mark.parametrize("fin,expected", [(False, "reset"), (True, "eof")],
+                         ids=["banner-rst", "banner-fin-rst"])
 def test_server_that_resets_at_accept_keeps_its_banner_whatever_the_client_sends(
-        tcpfault, sockets):
+        tcpfault, sockets, fin, expected):
     """As above, with a long banner the proxy reads 16 bytes at a time (clamp read_size) and a
     client that sends its request at once. Direct, the client reads the whole banner then
-    ECONNRESET. Through the proxy, the client's request must not be written to the server's
-    dead socket while banner bytes wait: that write's error would end the connection there and
-    cut the banner short (about 1 KiB of 8 KiB arrived)."""
+    ECONNRESET (EOF after the server's FIN). Through the proxy, the client's request must not
+    be written to the server's dead socket while banner bytes wait: that write's error would
+    end the connection there and cut the banner short (about 1 KiB of 8 KiB arrived)."""
     banner = bytes(random.Random(7).getrandbits(8) for _ in range(8192))
-    srv = subprocess.Popen([sys.executable, "-c", _RESET_AT_ACCEPT_SERVER, banner.hex(), "rst"],
-                           stdout=subprocess.PIPE)
+    request = b"HELO client\r\n"
+    srv = subprocess.Popen([sys.executable, "-c", _RESET_AT_ACCEPT_SERVER, banner.hex(),
+                            "fin" if fin else "rst"], stdout=subprocess.PIPE)
     try:
         port = int(srv.stdout.readline())
-        direct = _connect_direct_to_server_that_resets(srv, (LOOPBACK, port))
+        direct = _connect_direct_to_server_that_resets(srv, (LOOPBACK, port), request)
         sockets.append(direct)
-        direct.sendall(b"HELO client\r\n")
         outcome, data, _ = read_outcome(direct, timeout=5)
-        assert (outcome, data) == ("reset", banner), f"direct: {len(data)} bytes, then {outcome}"
-        p, _ = start_with_admin(tcpfault, [{
+        assert (outcome, data) == (expected, banner), f"direct: {len(data)} bytes, then {outcome}"
+        p, api = start_with_admin(tcpfault, [{
             "name": "main", "upstream": f"127.0.0.1:{port}",
             "rules": ["{name: short-reads, fault: {type: clamp, side: server, read_size: 16}}"]}],
             level="debug")
@@ -330,9 +335,9 @@ def test_server_that_resets_at_accept_keeps_its_banner_whatever_the_client_sends
             for i in range(RST_BEHIND_ROUNDS):
                 c = connect(p.addr("main"))
                 sockets.append(c)
-                c.sendall(b"HELO client\r\n")
+                c.sendall(request)
                 outcome, data, took = read_outcome(c, timeout=5)
-                assert (outcome, len(data)) == ("reset", len(banner)), (
+                assert (outcome, len(data)) == (expected, len(banner)), (
                     f"round {i}: the client read {len(data)} bytes, then {outcome} after"
                     f" {took:.2f}s")
                 assert data == banner
@@ -340,6 +345,8 @@ def test_server_that_resets_at_accept_keeps_its_banner_whatever_the_client_sends
             os.sched_setaffinity(0, range(os.cpu_count() or 1))
         early = len(p.find_logs("server reset before the connection was seen made"))
         assert early > 0, "no RST beat the connect callback: the test did not test that path"
+        # Every connection ended (after the FIN, the client's request met the dead socket).
+        api.wait_metric("tcpfault_connections_active", 0, timeout=5, proxy="main")
     finally:
         srv.kill()
         srv.wait()
