@@ -58,6 +58,21 @@ std::shared_ptr<const RuleProgram> RuleProgram::of(
     return p;
 }
 
+std::shared_ptr<const RuleProgram> RuleProgram::of_rule(const config::Proxy& snapshot,
+                                                        const config::Rule& rule) {
+    auto one = std::make_shared<config::Proxy>();
+    one->name = snapshot.name;
+    one->listen = snapshot.listen;
+    one->upstream = snapshot.upstream;
+    one->protocol = snapshot.protocol;
+    one->connect_timeout = snapshot.connect_timeout;
+    one->on_upstream_error = snapshot.on_upstream_error;
+    one->pos = snapshot.pos;
+    one->upstream_pos = snapshot.upstream_pos;
+    one->rules.push_back(rule);
+    return std::make_shared<const RuleProgram>(std::move(one));
+}
+
 RuleProgram::RuleProgram(std::shared_ptr<const config::Proxy> proxy) : proxy_(std::move(proxy)) {
     std::vector<std::string> lits[2];
     std::unordered_map<std::string, int32_t> ids[2];  // rules with the same literal share it
@@ -252,6 +267,12 @@ void TriggerSet::finish(size_t rule) {
     set_bit(1, rule);
     if (extra_) std::erase_if(extra_->live, [rule](const Live& l) { return l.rule == rule; });
     recompute();
+}
+
+void TriggerSet::lift(size_t rule) {
+    if (!program_) return;
+    finish(rule);
+    row(0)[rule / 64] &= ~(uint64_t{1} << (rule % 64));
 }
 
 TriggerSet::Phase TriggerSet::phase(size_t rule, config::Direction d) const {

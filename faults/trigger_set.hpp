@@ -40,6 +40,12 @@ class RuleProgram {
   public:
     // The program of a config snapshot, compiled on first use and shared while in use.
     static std::shared_ptr<const RuleProgram> of(const std::shared_ptr<const config::Proxy>& proxy);
+    // The program of one rule of a snapshot, for connections it is added to while open: it
+    // holds a copy of that rule alone, so an open connection keeps neither a whole snapshot nor
+    // its compiled literals alive per rule added to it (each API change is a new snapshot).
+    // Index 0 is the rule.
+    static std::shared_ptr<const RuleProgram> of_rule(const config::Proxy& snapshot,
+                                                      const config::Rule& rule);
     explicit RuleProgram(std::shared_ptr<const config::Proxy> proxy);
 
     size_t size() const { return specs_.size(); }
@@ -162,6 +168,8 @@ class TriggerSet {
 
     // A rule fired (elsewhere) or was lifted: nothing of it stays.
     void finish(size_t rule);
+    // A rule was lifted (disabled, deleted or replaced): done, and no longer applied.
+    void lift(size_t rule);
 
     // For tests and diagnostics: the state of one rule's trigger in a direction.
     enum class Phase : uint8_t { matching, counting, armed, fired };

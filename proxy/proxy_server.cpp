@@ -608,10 +608,12 @@ void ProxyServer::apply_to_open_sessions(const config::Rule& rule) {
         std::holds_alternative<config::DropSynFault>(rule.fault))
         return;  // proxy-wide: they act on new connections and the listener
     config::Duration now = since_start();
+    std::shared_ptr<const faults::RuleProgram> one;  // compiled once, for all of them
     for (auto& [id, s] : sessions_) {
         if (s->ending()) continue;
-        if (faults::rule_matches(rule, s->facts(now), seed_, fired(rule.name)))
-            s->apply_runtime_rule(&rule, cfg_);
+        if (!faults::rule_matches(rule, s->facts(now), seed_, fired(rule.name))) continue;
+        if (!one) one = faults::RuleProgram::of_rule(*cfg_, rule);
+        s->apply_runtime_rule(one);
     }
 }
 

@@ -133,10 +133,11 @@ class Session final : public FtpControl::Host,
                     const std::shared_ptr<const config::Proxy>& current = nullptr);
     // Applies the rules of a bit row of the program given to set_rule_program() (at accept).
     void apply_rules(const uint64_t* rows) { rules_.apply_rows(rows); }
-    // Same for a rule that appeared while the connection was open; `snapshot` owns the rule.
-    void apply_runtime_rule(const config::Rule* rule,
-                            std::shared_ptr<const config::Proxy> snapshot);
-    // A rule was disabled or deleted: its stages and pending triggers leave this connection.
+    // Same for a rule that appeared while the connection was open: `one` is its program alone
+    // (RuleProgram::of_rule), shared by every connection it is added to.
+    void apply_runtime_rule(std::shared_ptr<const faults::RuleProgram> one);
+    // A rule was disabled or deleted: its stages and pending triggers leave this connection
+    // (and so does the rule set it was added with, if it was added while open).
     void lift_rule(const std::string& name);
     uint64_t ordinal() const { return ordinal_; }
     void set_ordinal(uint64_t n) { ordinal_ = n; }

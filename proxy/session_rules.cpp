@@ -30,18 +30,14 @@ void Session::apply_rule(const config::Rule* rule,
         return;
     }
     // Not one of this session's config: a rule of a later one.
-    apply_runtime_rule(rule, current != nullptr ? current : cfg_);
+    apply_runtime_rule(faults::RuleProgram::of_rule(current != nullptr ? *current : *cfg_, *rule));
 }
 
-void Session::apply_runtime_rule(const config::Rule* rule,
-                                 std::shared_ptr<const config::Proxy> snapshot) {
+void Session::apply_runtime_rule(std::shared_ptr<const faults::RuleProgram> one) {
     if (ending_) return;
-    auto program = faults::RuleProgram::of(snapshot);
-    long i = program->index_of(rule);
-    if (i < 0) return;  // not a rule of that snapshot
     if (!added_rules_) added_rules_ = std::make_unique<std::vector<faults::TriggerSet>>();
-    added_rules_->emplace_back(std::move(program));
-    added_rules_->back().apply(static_cast<size_t>(i));
+    added_rules_->emplace_back(std::move(one));
+    added_rules_->back().apply(0);
     if (!connected_) return;  // still connecting: starts with the others in start_rules()
     // It counts from the connection's start: a threshold already passed fires at once.
     size_t k = rule_sets() - 1;
@@ -73,14 +69,25 @@ void Session::fire_all(size_t set, const std::vector<uint32_t>& rules) {
 }
 
 void Session::lift_rule(const std::string& name) {
-    bool lifted = false;
+    bool lifted = false;  // a pending trigger of it: it never fires
+    std::vector<size_t> hit;
     for (size_t k = 0; k < rule_sets(); ++k) {
         faults::TriggerSet& set = rule_set(k);
+        hit.clear();
         set.each_applied([&](size_t i) {
-            if (set.done(i) || set.program()->rule(i).name != name) return;
-            set.finish(i);  // a pending trigger of it never fires
-            lifted = true;
+            if (set.program()->rule(i).name == name) hit.push_back(i);
         });
+        for (size_t i : hit) {
+            lifted = lifted || !set.done(i);
+            set.lift(i);
+        }
+    }
+    // A set added while open holds one rule: it goes with it, so a rule switched off and on
+    // (or replaced) again and again leaves nothing behind. Not while fires are pending: they
+    // name sets by index.
+    if (added_rules_ && pending_fire_.empty()) {
+        std::erase_if(*added_rules_, [](const faults::TriggerSet& set) { return !set.applied(0); });
+        if (added_rules_->empty()) added_rules_.reset();  // scan() takes its short way again
     }
     up_.lift(name);
     down_.lift(name);

@@ -495,3 +495,60 @@ TEST_CASE("trigger set: rules that cannot fire yet store nothing per connection"
               (i % 3 == 0 ? TriggerSet::Phase::matching : TriggerSet::Phase::counting));
     }
 }
+
+TEST_CASE("trigger set: a lifted rule is done and no longer applied; the others stay") {
+    for (int n : {3, 130}) {  // one word of bits, and several
+        CAPTURE(n);
+        auto proxy = std::make_shared<config::Proxy>();
+        for (int i = 0; i < n; ++i) {
+            config::Rule r;
+            r.name = "r" + std::to_string(i);
+            config::When w;
+            w.data = "marker";
+            r.when = w;
+            proxy->rules.push_back(r);
+        }
+        auto program = std::make_shared<const faults::RuleProgram>(
+            std::shared_ptr<const config::Proxy>(proxy));
+        TriggerSet set(program);
+        for (size_t i = 0; i < program->size(); ++i) set.apply(i);
+        std::vector<uint32_t> fire;
+        set.start(false, 1000, 1000, {0, 0}, fire);
+        size_t last = program->size() - 1;
+        set.lift(1);
+        set.lift(last);
+        CHECK(set.done(1));
+        CHECK_FALSE(set.applied(1));
+        CHECK_FALSE(set.applied(last));
+        CHECK(set.applied(0));
+        CHECK_FALSE(set.done(0));
+        std::vector<size_t> listed;
+        set.each_applied([&](size_t i) { listed.push_back(i); });
+        CHECK(listed.size() == program->size() - 2);
+        // The rules left still fire on their literal; the lifted ones do not.
+        std::string data = "..marker..";
+        auto pr = set.probe(config::Direction::upstream, data.data(), data.size(), 0);
+        CHECK(pr.fire);
+        set.commit(config::Direction::upstream, data.data(), data.size(), pr.pass, pr.touched, 0,
+                   1000, fire);
+        CHECK(std::find(fire.begin(), fire.end(), 1u) == fire.end());
+        CHECK(std::find(fire.begin(), fire.end(), static_cast<uint32_t>(last)) == fire.end());
+        CHECK(std::find(fire.begin(), fire.end(), 0u) != fire.end());
+    }
+}
+
+TEST_CASE("rule program of one rule: a copy of that rule alone, at index 0") {
+    auto proxy = std::make_shared<config::Proxy>();
+    proxy->name = "p";
+    for (int i = 0; i < 5; ++i) {
+        config::Rule r;
+        r.name = "r" + std::to_string(i);
+        proxy->rules.push_back(r);
+    }
+    auto one = faults::RuleProgram::of_rule(*proxy, proxy->rules[3]);
+    REQUIRE(one->size() == 1);
+    CHECK(one->rule(0).name == "r3");
+    CHECK(&one->rule(0) != &proxy->rules[3]);
+    CHECK(one->proxy().name == "p");
+    CHECK(one->proxy().rules.size() == 1);
+}
