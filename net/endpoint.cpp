@@ -195,6 +195,7 @@ int Endpoint::write(const char* p, size_t len, Chunk* owner, Push push) {
             len -= static_cast<size_t>(n);
         }
     }
+    static_assert(sizeof(WriteReq) <= kQueuedWriteCost);
     auto req = std::make_unique<WriteReq>();
     req->endpoint = this;
     req->len = len;
@@ -213,6 +214,7 @@ int Endpoint::write(const char* p, size_t len, Chunk* owner, Push push) {
     int err = uv_write(&req->req, stream(), &b, 1, on_write);
     if (err != 0) return err;  // the request (and the bytes) die here; the caller ends us
     queued_ += len;
+    ++queued_writes_;
     req.release();  // reclaimed in on_write
     return 0;
 }
@@ -221,6 +223,7 @@ void Endpoint::on_write(uv_write_t* r, int status) {
     std::unique_ptr<WriteReq> req(static_cast<WriteReq*>(r->data));
     Endpoint* self = req->endpoint;
     self->queued_ -= req->len;
+    --self->queued_writes_;
     if (req->pooled) loop_buffer_pool().give(std::move(req->data));
     if (status == UV_ECANCELED) return;  // the handle is closing; nothing to report
     if (self->state_ == State::ending) {

@@ -103,6 +103,12 @@ class Endpoint final : private Deadlines::Client {
     // requested.
     int write(const char* p, size_t len, Chunk* owner, Push push = Push::now);
     size_t queued_bytes() const { return queued_; }
+    // What the queue costs in memory: its bytes, and per queued write its request and the
+    // copy's allocation. Flow control counts this, so a stream of tiny writes (`slice` of 1
+    // byte, reads clamped to 1 byte) to a peer that does not read is bounded as bytes are
+    // (without it, 256 KiB of 1-byte writes were some 80 MB of requests).
+    size_t queued_cost() const { return queued_ + queued_writes_ * kQueuedWriteCost; }
+    static constexpr size_t kQueuedWriteCost = 256;
     // Sends what a with_fin write left waiting, when no FIN took it along. Idempotent.
     void uncork();
 
@@ -153,6 +159,7 @@ class Endpoint final : private Deadlines::Client {
     State state_ = State::unopened;
     Ending kind_ = Ending::none;
     size_t queued_ = 0;
+    size_t queued_writes_ = 0;  // requests in libuv's queue
     size_t max_read_ = 0;
     bool reading_ = false;
     bool peer_fin_ = false;

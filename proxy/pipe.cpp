@@ -215,7 +215,7 @@ void Pipe::pump() {
     faults::StageContext ctx = events_.stage_context();
     size_t writes = 0;
     while (!queue_empty()) {
-        if (sink_.queued_bytes() >= kHighWatermark) break;  // on_write_done pumps again
+        if (sink_.queued_cost() >= kHighWatermark) break;  // on_write_done pumps again
         faults::Held& h = queue_->front();
         if (h.release_us > ctx.now_us) {
             pump_wake_us_ = h.release_us;
@@ -278,7 +278,7 @@ void Pipe::pump() {
 }
 
 void Pipe::apply_backpressure() {
-    size_t queued = sink_.queued_bytes() + held_bytes();
+    size_t queued = sink_.queued_cost() + held_cost();
     if (!paused_ && queued >= kHighWatermark) {
         paused_ = true;
         update_reading();

@@ -79,6 +79,11 @@ class Pipe final : private Deadlines::Client {
     bool source_eof() const { return source_eof_; }
     bool done() const { return fin_done_; }  // FIN passed on and handed to the kernel
     size_t held_bytes() const { return queued_held_ + trigger_hold_.size(); }
+    // What holding them costs, for flow control: each held read is also an entry (a stream
+    // read 1 byte at a time and delayed is mostly entries).
+    size_t held_cost() const {
+        return held_bytes() + (queue_ ? queue_->size() * sizeof(faults::Held) : 0);
+    }
     bool terminated() const { return terminated_; }
     bool drained() const { return terminated_ && queue_empty(); }
     // A stage holds this direction with no end of its own (endless stall, zero rate).

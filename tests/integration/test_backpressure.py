@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from fault_helpers import start_proxy
 from helpers import KiB, MiB, connect
 
 TOTAL = 256 * MiB
@@ -119,3 +120,43 @@ def test_slow_client_blocks_server_with_bounded_memory(tcpfault, servers, socket
     rss_after = proxy.rss_kib()
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB, \
         f"proxy RSS after the transfer: {rss_before} -> {rss_after} KiB"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("rules", [
+    ["{name: crumbs, fault: {type: slice, size: 1, direction: downstream}}"],
+    ["{name: sips, fault: {type: clamp, side: server, read_size: 1}}",
+     "{name: later, fault: {type: latency, delay: 1h, direction: downstream}}"],
+], ids=["slice-1-byte", "read-1-byte-delayed"])
+def test_tiny_pieces_to_a_client_that_reads_nothing_are_bounded_too(tcpfault, servers, sockets,
+                                                                     rules):
+    """A stream cut into 1-byte writes (slice), or read 1 byte at a time and held (clamp
+    read_size 1 behind a latency): what waits costs more than its bytes, a write request or a
+    held entry per byte. Flow control counts that cost, so memory stays bounded as for bytes
+    (it counted bytes only: 256 KiB of 1-byte writes was about 80 MB, of 1-byte held reads
+    about 19 MB, per connection)."""
+    srv = servers.tcp()
+    proxy = start_proxy(tcpfault, srv.addr, rules)
+    clients = []
+    for i in range(4):
+        c = connect(proxy.addr())
+        sockets.append(c)
+        clients.append((c, srv.wait_accepted(i + 1, timeout=5)))
+    rss_before = proxy.rss_kib()
+    rss_max = [rss_before]
+
+    def sample():
+        rss_max[0] = max(rss_max[0], proxy.rss_kib())
+
+    pushers = [Pusher(server) for _, server in clients]
+    for pu in pushers:
+        pu.start()
+    for pu in pushers:
+        stalled_at = wait_until_stalled(pu, sample)
+        assert stalled_at < TOTAL
+    sample()
+    growth = rss_max[0] - rss_before
+    print(f"RSS {rss_before} -> {rss_max[0]} KiB")
+    assert growth < RSS_GROWTH_LIMIT_KIB, (
+        f"proxy RSS grew by {growth} KiB with 4 clients reading nothing; limit "
+        f"{RSS_GROWTH_LIMIT_KIB} KiB")
