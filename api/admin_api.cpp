@@ -57,7 +57,8 @@ Json rule_json(const config::Rule& r, ProxyServer& p) {
                 {"fired", fired}};
 }
 
-Json proxy_json(ProxyServer& p) {
+// `open`: its open connections, with those of earlier instances a reload re-bound.
+Json proxy_json(ProxyServer& p, size_t open) {
     const config::Proxy& c = p.config();
     Json rules = Json::array();
     for (const auto& r : c.rules) rules.push_back(rule_json(r, p));
@@ -65,7 +66,7 @@ Json proxy_json(ProxyServer& p) {
                 {"listen", p.listen_addr()},
                 {"upstream", c.upstream.str()},
                 {"protocol", c.protocol == config::Protocol::ftp ? "ftp" : "tcp"},
-                {"active_connections", p.active()},
+                {"active_connections", open},
                 {"connections_total", p.connections_total()},
                 {"bytes_upstream", p.bytes_total(config::Direction::upstream)},
                 {"bytes_downstream", p.bytes_total(config::Direction::downstream)},
@@ -216,6 +217,19 @@ ProxyServer* AdminApi::find(const std::string& name) {
     return nullptr;
 }
 
+size_t AdminApi::open_connections(ProxyServer& p) {
+    size_t n = 0;
+    for (ProxyServer* q : instances(p)) n += q->active();
+    return n;
+}
+
+std::vector<ProxyServer*> AdminApi::instances(ProxyServer& p) {
+    std::vector<ProxyServer*> out{&p};
+    for (ProxyServer* q : hooks_.all_servers())
+        if (q != &p && q->retired() && q->name() == p.name()) out.push_back(q);
+    return out;
+}
+
 HttpResponse AdminApi::handle(const HttpRequest& req) {
     std::vector<std::string> parts = split_path(req.path);
     bool changes_state = req.method != "GET" && req.method != "HEAD";
@@ -269,7 +283,7 @@ HttpResponse AdminApi::route(const HttpRequest& req, const std::vector<std::stri
     if (p == nullptr) return error(404, "no such proxy: " + parts[2]);
     if (n == 3) {
         if (!only("GET")) return error(405, "method not allowed");
-        return json(200, proxy_json(*p));
+        return json(200, proxy_json(*p, open_connections(*p)));
     }
     if (n == 4 && parts[3] == "connections") {
         if (!only("GET")) return error(405, "method not allowed");
@@ -311,7 +325,7 @@ HttpResponse AdminApi::route(const HttpRequest& req, const std::vector<std::stri
 
 HttpResponse AdminApi::list_proxies() {
     Json out = Json::array();
-    for (ProxyServer* p : hooks_.servers()) out.push_back(proxy_json(*p));
+    for (ProxyServer* p : hooks_.servers()) out.push_back(proxy_json(*p, open_connections(*p)));
     return json(200, out);
 }
 
@@ -323,8 +337,10 @@ HttpResponse AdminApi::list_connections(ProxyServer& p, const HttpRequest& req) 
     if (!limit && !after) {
         // The whole listing, in no particular order (as before paging existed).
         Json out = Json::array();
-        p.for_each_session(
-            [&](const Session& s, unsigned worker) { out.push_back(connection_json(s, worker)); });
+        for (ProxyServer* q : instances(p))
+            q->for_each_session([&](const Session& s, unsigned worker) {
+                out.push_back(connection_json(s, worker));
+            });
         HttpResponse r = json(200, out);
         r.headers.emplace_back("X-Total-Count", std::to_string(out.size()));
         return r;
@@ -334,10 +350,12 @@ HttpResponse AdminApi::list_connections(ProxyServer& p, const HttpRequest& req) 
     size_t want = static_cast<size_t>(limit.value_or(kMaxConnectionPage));
     std::vector<std::pair<uint64_t, Json>> rows;
     // One more than asked for tells whether another page follows.
-    size_t total = p.for_each_session_page(
-        after.value_or(0), want + 1, [&](const Session& s, unsigned worker) {
-            rows.emplace_back(s.id(), connection_json(s, worker));
-        });
+    size_t total = 0;
+    for (ProxyServer* q : instances(p))
+        total += q->for_each_session_page(after.value_or(0), want + 1,
+                                          [&](const Session& s, unsigned worker) {
+                                              rows.emplace_back(s.id(), connection_json(s, worker));
+                                          });
     std::sort(rows.begin(), rows.end(),
               [](const auto& a, const auto& b) { return a.first < b.first; });
     bool more = rows.size() > want;
@@ -399,10 +417,14 @@ HttpResponse AdminApi::act_on_connection(ProxyServer& p, uint64_t id,
                                          const std::function<Session::ApiResult(Session&)>& act) {
     Session::ApiResult result = Session::ApiResult::applied;
     Json conn;
-    bool found = p.with_session(id, [&](Session& s, unsigned worker) {
-        if (act) result = act(s);
-        conn = connection_json(s, worker);
-    });
+    bool found = false;
+    for (ProxyServer* q : instances(p)) {
+        found = q->with_session(id, [&](Session& s, unsigned worker) {
+            if (act) result = act(s);
+            conn = connection_json(s, worker);
+        });
+        if (found) break;
+    }
     std::string which = "connection " + std::to_string(id);
     if (!found)
         return error(404, "no such connection: " + std::to_string(id) + " in proxy " + p.name() +
@@ -548,7 +570,7 @@ HttpResponse AdminApi::metrics() {
     HttpResponse r;
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
     if (hooks_.metrics == nullptr) return r;
-    for (ProxyServer* p : hooks_.all_servers()) p->sync_metrics();
+    sync_all_metrics(hooks_.all_servers());
     r.body = hooks_.metrics->render();
     return r;
 }

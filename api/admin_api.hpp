@@ -48,6 +48,10 @@ class AdminApi {
     HttpResponse restart(ProxyServer& p, const std::string& body);
     HttpResponse metrics();
     ProxyServer* find(const std::string& name);
+    // p, then earlier instances of it a reload re-bound that still finish connections: a
+    // proxy's connections are listed and reached wherever they run.
+    std::vector<ProxyServer*> instances(ProxyServer& p);
+    size_t open_connections(ProxyServer& p);  // over instances(p)
     bool authorized(const HttpRequest& req) const;
 
     Hooks hooks_;

@@ -238,11 +238,17 @@ std::string App::apply(const config::Config& cfg) {
             next.push_back(std::move(s));
             continue;
         }
-        // Removed or re-bound: stop accepting; its open connections finish on their own.
-        if (std::none_of(cfg.proxies.begin(), cfg.proxies.end(),
-                         [&](const config::Proxy& p) { return p.name == s->name(); }))
-            metrics_.retire_proxy(s->name());
+        // Removed or re-bound: stop accepting; its open connections finish. They follow the
+        // file as a running proxy's do: the rules of the proxy that replaces it (re-bound) or
+        // none (removed). So a rule the file no longer has is lifted from them (an endless
+        // stall no longer holds them forever), and a cap's held clients are let through.
+        auto now = std::find_if(cfg.proxies.begin(), cfg.proxies.end(),
+                                [&](const config::Proxy& p) { return p.name == s->name(); });
+        if (now == cfg.proxies.end()) metrics_.retire_proxy(s->name());
         s->stop_accepting();
+        auto rules = std::make_shared<config::Proxy>(s->config());
+        rules->rules = now != cfg.proxies.end() ? now->rules : std::vector<config::Rule>{};
+        s->update_config(std::move(rules));
         retiring_.push_back(std::move(s));
     }
     servers_ = std::move(next);
@@ -386,8 +392,9 @@ std::string App::start_toxiproxy() {
     };
     h.proxies.remove_proxy = [this](const std::string& n) { return remove_proxy(n); };
     h.metrics = [this] {
-        for (auto& s : servers_) s->sync_metrics();
-        for (auto& s : retiring_) s->sync_metrics();
+        std::vector<ProxyServer*> all = servers();
+        for (auto& s : retiring_) all.push_back(s.get());
+        sync_all_metrics(all);
         return metrics_.render();
     };
     toxi_api_ = std::make_unique<ToxiproxyApi>(std::move(h), cfg_.toxiproxy);
@@ -486,6 +493,7 @@ void App::begin_shutdown(const char* why) {
     stopping_ = true;
     if (watch_) watch_->stop();
     size_t open = 0;
+    for (auto& s : retiring_) open += s->active();  // removed or re-bound, still finishing
     for (auto& s : servers_) {
         s->stop_accepting();
         open += s->active();

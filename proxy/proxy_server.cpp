@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <optional>
 #include <vector>
 
@@ -563,8 +564,10 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
             std::lock_guard<std::mutex> lock(shared_->mu);
             shared_->fired.erase(replaced);
         }
-        set_metrics(metrics_);  // declares series for new rules
-        start_rule_clock();     // the new rules may include refuse/restart
+        // Declares series for new rules; not for a retired instance (a proxy removed by a
+        // reload has no series left to declare, a re-bound one's successor declares them).
+        if (!retired_) set_metrics(metrics_);
+        start_rule_clock();  // the new rules may include refuse/restart
     }
     // Rules deleted, disabled or replaced leave open connections: their stages are lifted and
     // their pending triggers never fire.
@@ -776,7 +779,7 @@ void ProxyServer::set_metrics(Metrics* m) {
             metrics_->declare_fault(name(), kApiRule, k.name.data());
 }
 
-void ProxyServer::sync_metrics() {
+void ProxyServer::sync_metrics(size_t draining) {
     if (metrics_ == nullptr) return;
     uint64_t up = bytes_up_.load(std::memory_order_relaxed);
     uint64_t down = bytes_down_.load(std::memory_order_relaxed);
@@ -789,7 +792,7 @@ void ProxyServer::sync_metrics() {
     synced_up_ = up;
     synced_down_ = down;
     if (retired_) return;  // a retiring instance's successor reports the live values
-    metrics_->set_active(name(), static_cast<double>(active()));
+    metrics_->set_active(name(), static_cast<double>(active() + draining));
     config::Duration now = since_start();
     for (const auto& r : cfg_->rules) {
         bool active = faults::rule_active(r, now, fired(r.name));
@@ -807,6 +810,16 @@ void ProxyServer::count_bytes(config::Direction dir, size_t n) {
     // Only this loop writes: a relaxed load and store, no locked instruction per chunk.
     std::atomic<uint64_t>& c = dir == config::Direction::upstream ? bytes_up_ : bytes_down_;
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+void sync_all_metrics(const std::vector<ProxyServer*>& servers) {
+    std::map<std::string, size_t> draining;
+    for (ProxyServer* p : servers)
+        if (p->retired()) draining[p->name()] += p->active();
+    for (ProxyServer* p : servers) {
+        auto it = draining.find(p->name());
+        p->sync_metrics(it != draining.end() && !p->retired() ? it->second : 0);
+    }
 }
 
 }  // namespace tcpfault

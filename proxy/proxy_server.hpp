@@ -160,7 +160,11 @@ class ProxyServer final : public FtpDataListener::Owner,
 
     // Metrics: series declared for this proxy and its rules; scrape-time values folded in.
     void set_metrics(Metrics* m);
-    void sync_metrics();
+    // `draining`: open connections of earlier instances of this proxy that a reload re-bound
+    // (retired, still finishing), counted in its active gauge with its own.
+    void sync_metrics(size_t draining = 0);
+    // Stopped accepting for good (removed, re-bound, shutting down): finishing what is open.
+    bool retired() const { return retired_; }
     // The event timeline (faults, suppressed faults, the end of connections a fault acted
     // on); before listen(). Null: none.
     void set_events(EventLog* e) { events_ = e; }
@@ -252,5 +256,9 @@ class ProxyServer final : public FtpDataListener::Owner,
     uint64_t synced_down_ = 0;
     std::function<void()> on_idle_;
 };
+
+// Folds every instance's scrape-time values into the metrics: the running ones and those
+// still finishing (a re-bound proxy's open connections count in its active gauge).
+void sync_all_metrics(const std::vector<ProxyServer*>& servers);
 
 }  // namespace tcpfault

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from admin_helpers import admin_port, Admin
-from helpers import connect, recv_exact, run_threads
+from helpers import connect, read_outcome, recv_exact, run_threads
 
 N_CONNS = 50  # through `main`: its listener stays; its one rule (matching nothing) changes
 N_SIDE = 5  # through `side`, whose rules change with every valid reload
@@ -219,3 +219,66 @@ def test_reload_under_traffic_keeps_connections_and_bytes(tcpfault, servers):
     assert len(p.find_logs("listening", proxy="side")) == 1
     assert echo.errors == []
     assert reload_time < 30, f"20 reloads took {reload_time:.1f}s"
+
+
+def _moving_config(echo_addr: str, listen: str, rules: str, name: str = "p") -> str:
+    return f"""admin: {{listen: 127.0.0.1:0}}
+log: {{format: json, level: debug}}
+proxies:
+  - name: {name}
+    listen: {listen}
+    upstream: "{echo_addr}"
+    rules: {rules}
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("change", ["re-bound", "removed"])
+def test_reload_that_moves_or_removes_a_proxy_lifts_its_rules_from_open_connections(
+        tcpfault, servers, sockets, change):
+    """Connections held by an endless stall and by a cap (`over: hold`) when a reload moves
+    the proxy to another address, or removes it: its open connections follow the new file as
+    a running proxy's do. The stall the file no longer has is lifted (the held bytes come
+    through), the held client is let through, and until they end the moved proxy's
+    connections are listed, reachable and counted under its name. Before, they kept the old
+    rules forever, out of sight of the API and of tcpfault_connections_active."""
+    echo = servers.echo()
+    rules = ("[{name: one-at-a-time, fault: {type: cap, max: 1, over: hold}},"
+             " {name: freeze, fault: {type: stall, direction: both}}]")
+    p = tcpfault.from_config(_moving_config(echo.addr, "127.0.0.1:0", rules))
+    api = Admin(admin_port(p))
+    first = connect(p.addr("p"))
+    sockets.append(first)
+    p.wait_for_log("fault injected", rule="freeze", timeout=5)
+    held = connect(p.addr("p"))
+    sockets.append(held)
+    api.wait_metric("tcpfault_connections_active", 2, proxy="p")
+    first.sendall(b"frozen")
+    held.sendall(b"waiting")
+    first.settimeout(0.3)
+    with pytest.raises(socket.timeout):
+        first.recv(6)
+    if change == "re-bound":
+        new = _moving_config(echo.addr, "127.0.0.2:0", "[]")
+    else:
+        new = _moving_config(echo.addr, "127.0.0.1:0", "[]", name="other")
+    tcpfault.write_config(new, name=p.config_path.name)
+    assert api.ok_json("POST", "/api/reload") == {"reloaded": True}
+    assert recv_exact(first, 6, timeout=5) == b"frozen"
+    assert recv_exact(held, 7, timeout=5) == b"waiting"
+    if change == "re-bound":
+        ids = sorted(c["id"] for c in api.connections("p"))
+        assert len(ids) == 2, f"the moved proxy lists {ids}"
+        assert api.ok_json("GET", "/api/proxies/p")["active_connections"] == 2
+        api.wait_metric("tcpfault_connections_active", 2, proxy="p")
+        page = api.ok_json("GET", "/api/proxies/p/connections?limit=1")
+        assert [c["id"] for c in page] == ids[:1]
+        # Reachable: DELETE resets the first one.
+        api.ok_json("DELETE", f"/api/proxies/p/connections/{ids[0]}")
+        outcome, _, _ = read_outcome(first, timeout=5)
+        assert outcome == "reset"
+        api.wait_metric("tcpfault_connections_active", 1, proxy="p")
+    held.close()
+    first.close()
+    if change == "re-bound":
+        api.wait_metric("tcpfault_connections_active", 0, proxy="p")
