@@ -219,6 +219,7 @@ void Pipe::pump() {
         faults::Held& h = queue_->front();
         if (h.release_us > ctx.now_us) {
             pump_wake_us_ = h.release_us;
+            hold_drain_deadline_until(h.release_us);
             break;
         }
         faults::Stage::Gate g;
@@ -232,6 +233,7 @@ void Pipe::pump() {
         }
         if (g.allow == 0) {
             pump_wake_us_ = wake;  // 0: until a stage changes
+            hold_drain_deadline_until(wake);
             break;
         }
         // Separate segments get a turn of the loop each, so a reader that keeps up sees them
@@ -336,6 +338,13 @@ void Pipe::terminate(bool keep_shaped) {
     drain_deadline_us_ = Deadlines::now_us() + kDrainBoundUs;
     fin_wake_us_ = 0;
     pump();
+}
+
+// Held bytes due later (a latency, a pace) wait on the fault's schedule, not on the peer: its
+// 3 s to take them count from when they are due. A zero rate (no wake) leaves the bound as is.
+void Pipe::hold_drain_deadline_until(uint64_t due_us) {
+    if (terminated_ && due_us != 0)
+        drain_deadline_us_ = std::max(drain_deadline_us_, due_us + kDrainBoundUs);
 }
 
 void Pipe::check_drained() {

@@ -129,6 +129,7 @@ class Pipe final : private Deadlines::Client {
     void apply_backpressure();
     void maybe_pass_fin();
     void check_drained();
+    void hold_drain_deadline_until(uint64_t due_us);
     void stages_changed();
     void rearm();
     void on_deadline(uint64_t now_us) override;

@@ -14,7 +14,7 @@ from fault_helpers import (
     sender_handler,
     start_proxy,
 )
-from helpers import KiB, MiB, connect, read_outcome
+from helpers import KiB, MiB, connect, read_outcome, reset_close
 
 GREETING = b"hello BYE\r\n"
 CLOSE_AFTER_BYE = ("{name: c, when: {direction: downstream, data: \"BYE\\r\\n\"}, "
@@ -206,3 +206,40 @@ def test_close_to_server_then_reset_server_write_fails(tcpfault, servers, socket
     sends = _sends_until_error(s, 3.0)
     assert sends[-1][1] in ("EPIPE", "ECONNRESET"), (
         f"the server's writes after the close kept succeeding: {sends[-3:]}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("shape", [
+    "{name: later, fault: {type: latency, delay: 3500ms, direction: downstream}}",
+    "{name: later, fault: {type: slice, size: 500, delay: 3500ms, direction: downstream}}",
+], ids=["latency", "slice"])
+@pytest.mark.parametrize("end", ["close-server", "server-reset"])
+def test_bytes_a_stage_holds_past_3s_still_leave_on_their_schedule(tcpfault, servers, sockets,
+                                                                   shape, end):
+    """The connection ends (a `close {to: server}` after the server's 1,000 bytes, or the
+    server's own RST) while a latency or slice stage holds those bytes for 3.5 s. They count as
+    forwarded and leave on the stage's schedule; the client reads all 1,000, then EOF (it is
+    the side the close does not target) or ECONNRESET (the server's RST passed on). The 3 s
+    bound for a peer that takes nothing counts from when the bytes are due, not from the end:
+    it dropped them at 3 s, and the client read 0 (or 500) bytes, then a clean EOF."""
+    rules = [shape]
+    if end == "close-server":
+        rules.append("{name: end, when: {direction: downstream, after_bytes: 1000},"
+                     " fault: {type: close, to: server}}")
+    srv = servers.tcp()
+    proxy = start_proxy(tcpfault, srv.addr, rules)
+    c = connect(proxy.addr())
+    sockets.append(c)
+    s = srv.wait_accepted(1, timeout=5)
+    data = pattern(1000)
+    t0 = time.monotonic()
+    s.sendall(data)
+    if end == "server-reset":
+        reset_close(s)  # behind the bytes, which loopback has delivered by now
+    outcome, got, _ = read_outcome(c, timeout=10)
+    took = time.monotonic() - t0
+    expected = "eof" if end == "close-server" else "reset"
+    assert (outcome, len(got)) == (expected, 1000), (
+        f"the client read {len(got)} of 1000 bytes, then {outcome} after {took:.2f}s")
+    assert got == data
+    assert took >= 3.4, f"the bytes left after {took:.2f}s, before the stage's 3.5 s"
