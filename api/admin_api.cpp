@@ -217,6 +217,18 @@ ProxyServer* AdminApi::find(const std::string& name) {
     return nullptr;
 }
 
+void AdminApi::commit(ProxyServer& p, const std::shared_ptr<config::Proxy>& c,
+                      const std::string& replaced) {
+    p.update_config(c, replaced);
+    // Earlier instances a reload re-bound keep their own addresses and take the same rules.
+    for (ProxyServer* q : instances(p)) {
+        if (q == &p) continue;
+        auto mine = std::make_shared<config::Proxy>(q->config());
+        mine->rules = c->rules;
+        q->update_config(std::move(mine), replaced);
+    }
+}
+
 size_t AdminApi::open_connections(ProxyServer& p) {
     size_t n = 0;
     for (ProxyServer* q : instances(p)) n += q->active();
@@ -491,7 +503,7 @@ HttpResponse AdminApi::add_rule(ProxyServer& p, const std::string& body) {
     if (find_rule(*c, rule->name) != nullptr)
         return error(409, "rule " + rule->name + " already exists in proxy " + c->name);
     c->rules.push_back(std::move(*rule));
-    p.update_config(c);
+    commit(p, c);
     return json(201, rule_json(c->rules.back(), p));
 }
 
@@ -507,7 +519,7 @@ HttpResponse AdminApi::replace_rule(ProxyServer& p, const std::string& name,
     config::Rule* r = find_rule(*c, name);
     if (r == nullptr) return error(404, "no such rule: " + name);
     *r = std::move(*rule);
-    p.update_config(c, name);
+    commit(p, c, name);
     return json(200, rule_json(*find_rule(*c, name), p));
 }
 
@@ -517,7 +529,7 @@ HttpResponse AdminApi::delete_rule(ProxyServer& p, const std::string& name) {
                            [&](const config::Rule& r) { return r.name == name; });
     if (it == c->rules.end()) return error(404, "no such rule: " + name);
     c->rules.erase(it);
-    p.update_config(c);
+    commit(p, c);
     return json(200, Json{{"deleted", name}});
 }
 
@@ -526,7 +538,7 @@ HttpResponse AdminApi::switch_rule(ProxyServer& p, const std::string& name, bool
     config::Rule* r = find_rule(*c, name);
     if (r == nullptr) return error(404, "no such rule: " + name);
     r->enabled = enabled;
-    p.update_config(c);
+    commit(p, c);
     return json(200, rule_json(*find_rule(*c, name), p));
 }
 
@@ -551,8 +563,11 @@ HttpResponse AdminApi::restart(ProxyServer& p, const std::string& body) {
             return error(400, std::string("malformed body: ") + e.what());
         }
     }
-    size_t open = p.active();
+    size_t open = open_connections(p);
     p.restart(downtime);
+    // The crashed server's connections include those of earlier instances still finishing.
+    for (ProxyServer* q : instances(p))
+        if (q != &p) q->abort_sessions(true);
     if (hooks_.events != nullptr) {
         Event e;
         e.kind = "restart";

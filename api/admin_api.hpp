@@ -52,6 +52,9 @@ class AdminApi {
     // proxy's connections are listed and reached wherever they run.
     std::vector<ProxyServer*> instances(ProxyServer& p);
     size_t open_connections(ProxyServer& p);  // over instances(p)
+    // A rule change: p gets config `c`, its earlier instances the same rules.
+    void commit(ProxyServer& p, const std::shared_ptr<config::Proxy>& c,
+                const std::string& replaced = "");
     bool authorized(const HttpRequest& req) const;
 
     Hooks hooks_;

@@ -239,19 +239,25 @@ std::string App::apply(const config::Config& cfg) {
             continue;
         }
         // Removed or re-bound: stop accepting; its open connections finish. They follow the
-        // file as a running proxy's do: the rules of the proxy that replaces it (re-bound) or
-        // none (removed). So a rule the file no longer has is lifted from them (an endless
-        // stall no longer holds them forever), and a cap's held clients are let through.
-        auto now = std::find_if(cfg.proxies.begin(), cfg.proxies.end(),
-                                [&](const config::Proxy& p) { return p.name == s->name(); });
-        if (now == cfg.proxies.end()) metrics_.retire_proxy(s->name());
+        // file as a running proxy's do (below): the rules of the proxy that replaces it
+        // (re-bound) or none (removed). So a rule the file no longer has is lifted from them
+        // (an endless stall no longer holds them forever), and a cap's held clients go on.
+        if (std::none_of(cfg.proxies.begin(), cfg.proxies.end(),
+                         [&](const config::Proxy& p) { return p.name == s->name(); }))
+            metrics_.retire_proxy(s->name());
         s->stop_accepting();
-        auto rules = std::make_shared<config::Proxy>(s->config());
-        rules->rules = now != cfg.proxies.end() ? now->rules : std::vector<config::Rule>{};
-        s->update_config(std::move(rules));
         retiring_.push_back(std::move(s));
     }
     servers_ = std::move(next);
+    // Every instance still finishing (retired by this reload or an earlier one) follows the
+    // file too: the rules of its name's entry, or none.
+    for (auto& s : retiring_) {
+        auto now = std::find_if(cfg.proxies.begin(), cfg.proxies.end(),
+                                [&](const config::Proxy& p) { return p.name == s->name(); });
+        auto rules = std::make_shared<config::Proxy>(s->config());
+        rules->rules = now != cfg.proxies.end() ? now->rules : std::vector<config::Rule>{};
+        s->update_config(std::move(rules));
+    }
     for (auto& s : servers_) s->set_on_idle([this] { schedule_reap(); });
     for (auto& s : retiring_) s->set_on_idle([this] { schedule_reap(); });
     schedule_reap();

@@ -55,6 +55,7 @@ void Endpoint::recycle() {
     kind_ = Ending::none;
     reading_ = peer_fin_ = fin_requested_ = fin_sent_ = false;
     queued_ = 0;
+    queued_writes_ = 0;
     reset_taken_ = 0;
 }
 

@@ -341,9 +341,11 @@ void Pipe::terminate(bool keep_shaped) {
 }
 
 // Held bytes due later (a latency, a pace) wait on the fault's schedule, not on the peer: its
-// 3 s to take them count from when they are due. A zero rate (no wake) leaves the bound as is.
+// 3 s to take them count from when they are due. Only while the peer has taken everything
+// written so far: a peer that is not reading is what the bound is for, whatever the schedule.
+// A zero rate (no wake) leaves the bound as is.
 void Pipe::hold_drain_deadline_until(uint64_t due_us) {
-    if (terminated_ && due_us != 0)
+    if (terminated_ && due_us != 0 && sink_.queued_bytes() == 0)
         drain_deadline_us_ = std::max(drain_deadline_us_, due_us + kDrainBoundUs);
 }
 

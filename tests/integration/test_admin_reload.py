@@ -282,3 +282,38 @@ def test_reload_that_moves_or_removes_a_proxy_lifts_its_rules_from_open_connecti
     first.close()
     if change == "re-bound":
         api.wait_metric("tcpfault_connections_active", 0, proxy="p")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("then", ["reload", "api-delete", "api-restart"])
+def test_moved_proxys_old_connections_follow_later_changes(tcpfault, servers, sockets, then):
+    """A reload moves the proxy and keeps its endless stall; a later change drops the stall
+    (a second reload, or DELETE of the rule over the API), or restarts the proxy over the API:
+    the connection from before the move follows it as the proxy's own do (its held bytes come
+    through; the restart resets it)."""
+    echo = servers.echo()
+    stall = "[{name: freeze, fault: {type: stall, direction: both}}]"
+    p = tcpfault.from_config(_moving_config(echo.addr, "127.0.0.1:0", stall))
+    api = Admin(admin_port(p))
+    old = connect(p.addr("p"))
+    sockets.append(old)
+    p.wait_for_log("fault injected", rule="freeze", timeout=5)
+    old.sendall(b"frozen")
+    tcpfault.write_config(_moving_config(echo.addr, "127.0.0.2:0", stall),
+                          name=p.config_path.name)
+    assert api.ok_json("POST", "/api/reload") == {"reloaded": True}
+    old.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        old.recv(6)  # still stalled: the moved proxy kept the rule
+    if then == "reload":
+        tcpfault.write_config(_moving_config(echo.addr, "127.0.0.2:0", "[]"),
+                              name=p.config_path.name)
+        assert api.ok_json("POST", "/api/reload") == {"reloaded": True}
+    elif then == "api-delete":
+        assert api.ok_json("DELETE", "/api/proxies/p/rules/freeze") == {"deleted": "freeze"}
+    else:
+        assert api.ok_json("POST", "/api/proxies/p/restart")["reset"] == 1
+        outcome, _, _ = read_outcome(old, timeout=5)
+        assert outcome == "reset"
+        return
+    assert recv_exact(old, 6, timeout=5) == b"frozen"
