@@ -221,12 +221,8 @@ void AdminApi::commit(ProxyServer& p, const std::shared_ptr<config::Proxy>& c,
                       const std::string& replaced) {
     p.update_config(c, replaced);
     // Earlier instances a reload re-bound keep their own addresses and take the same rules.
-    for (ProxyServer* q : instances(p)) {
-        if (q == &p) continue;
-        auto mine = std::make_shared<config::Proxy>(q->config());
-        mine->rules = c->rules;
-        q->update_config(std::move(mine), replaced);
-    }
+    for (ProxyServer* q : instances(p))
+        if (q != &p) q->take_rules(c->rules, replaced);
 }
 
 size_t AdminApi::open_connections(ProxyServer& p) {

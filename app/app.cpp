@@ -40,6 +40,13 @@ unsigned resolve_workers(unsigned configured) {
 bool same_listen(const config::Proxy& a, const config::Proxy& b) {
     return a.listen.host == b.listen.host && a.listen.port == b.listen.port;
 }
+
+// The file's entry for proxy `name`, or null.
+const config::Proxy* entry_of(const config::Config& cfg, const std::string& name) {
+    for (const auto& p : cfg.proxies)
+        if (p.name == name) return &p;
+    return nullptr;
+}
 }  // namespace
 
 App::App(Options opts) : opts_(std::move(opts)) {
@@ -233,8 +240,7 @@ std::string App::apply(const config::Config& cfg) {
         if (!s) continue;
         // Proxies made at runtime (Toxiproxy API) are not the file's to remove.
         if (s->created_at_runtime() && running.count(s->name()) != 0 &&
-            std::none_of(cfg.proxies.begin(), cfg.proxies.end(),
-                         [&](const config::Proxy& p) { return p.name == s->name(); })) {
+            entry_of(cfg, s->name()) == nullptr) {
             next.push_back(std::move(s));
             continue;
         }
@@ -242,9 +248,7 @@ std::string App::apply(const config::Config& cfg) {
         // file as a running proxy's do (below): the rules of the proxy that replaces it
         // (re-bound) or none (removed). So a rule the file no longer has is lifted from them
         // (an endless stall no longer holds them forever), and a cap's held clients go on.
-        if (std::none_of(cfg.proxies.begin(), cfg.proxies.end(),
-                         [&](const config::Proxy& p) { return p.name == s->name(); }))
-            metrics_.retire_proxy(s->name());
+        if (entry_of(cfg, s->name()) == nullptr) metrics_.retire_proxy(s->name());
         s->stop_accepting();
         retiring_.push_back(std::move(s));
     }
@@ -252,11 +256,8 @@ std::string App::apply(const config::Config& cfg) {
     // Every instance still finishing (retired by this reload or an earlier one) follows the
     // file too: the rules of its name's entry, or none.
     for (auto& s : retiring_) {
-        auto now = std::find_if(cfg.proxies.begin(), cfg.proxies.end(),
-                                [&](const config::Proxy& p) { return p.name == s->name(); });
-        auto rules = std::make_shared<config::Proxy>(s->config());
-        rules->rules = now != cfg.proxies.end() ? now->rules : std::vector<config::Rule>{};
-        s->update_config(std::move(rules));
+        const config::Proxy* now = entry_of(cfg, s->name());
+        s->take_rules(now != nullptr ? now->rules : std::vector<config::Rule>{});
     }
     for (auto& s : servers_) s->set_on_idle([this] { schedule_reap(); });
     for (auto& s : retiring_) s->set_on_idle([this] { schedule_reap(); });

@@ -604,6 +604,12 @@ void ProxyServer::update_config(std::shared_ptr<const config::Proxy> cfg,
     if (clock_open_) on_rule_tick();
 }
 
+void ProxyServer::take_rules(const std::vector<config::Rule>& rules, const std::string& replaced) {
+    auto c = std::make_shared<config::Proxy>(*cfg_);
+    c->rules = rules;
+    update_config(std::move(c), replaced);
+}
+
 void ProxyServer::apply_to_open_sessions(const config::Rule& rule) {
     if (std::holds_alternative<config::CapFault>(rule.fault) ||
         std::holds_alternative<config::RefuseFault>(rule.fault) ||
@@ -691,9 +697,8 @@ bool ProxyServer::admit_held(const std::string& rule, uint64_t id) {
     // (another cap among them may hold it again, or turn it away). A cap since deleted no
     // longer marks the place: then every rule is matched. Either way not those applied while
     // it waited (`existing`), nor caps whose slot it holds.
-    size_t from = 0;
-    for (size_t i = 0; i < cfg_->rules.size(); ++i)
-        if (cfg_->rules[i].name == rule) from = i + 1;
+    const config::Rule* cap = current_rule(rule);
+    size_t from = cap != nullptr ? static_cast<size_t>(cap - cfg_->rules.data()) + 1 : 0;
     std::vector<std::string> passed = s.rule_names();
     passed.insert(passed.end(), s.slots().begin(), s.slots().end());
     Admission a = match_in_order(s, s.facts(s.accepted_at()), from, passed);

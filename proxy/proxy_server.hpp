@@ -81,6 +81,9 @@ class ProxyServer final : public FtpDataListener::Owner,
     // Rules new or newly enabled in it also apply to open connections (`existing`).
     // `replaced` names a rule whose definition changed (API PUT): it is re-applied too.
     void update_config(std::shared_ptr<const config::Proxy> cfg, const std::string& replaced = "");
+    // update_config with these rules and this instance's own settings: how an instance still
+    // finishing (a reload re-bound or removed it) follows its name's rules.
+    void take_rules(const std::vector<config::Rule>& rules, const std::string& replaced = "");
     // Every open session of every instance, with the instance's worker(); `fn` runs on each
     // session's own loop while the caller waits.
     void for_each_session(const std::function<void(const Session&, unsigned)>& fn) const;
